@@ -1,0 +1,117 @@
+"""Large, realistic, non-repeating English corpora for benchmarks and memory tests.
+
+Why a Markov chain: benchmarking a tokenizer on one file copied N times lets any cache keyed on whole
+lines or chunks look miraculous. A fixed-seed, word-level Markov chain over real English
+(Tiny Shakespeare + corpus.en) keeps the word and pair statistics of English while making sure that
+no line repeats verbatim, at any size we ask for. Stories are separated by ``<|endoftext|>``.
+
+Usage:
+    python -m benchmarks.markov_corpus --mb 50 --out artifacts/corpora/markov_50mb.txt
+    from benchmarks.markov_corpus import markov_corpus_path; path = markov_corpus_path(50)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import regex
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_SOURCES = ("tinyshakespeare.txt", "corpus.en")
+DEFAULT_CACHE = REPO_ROOT / "artifacts" / "corpora"
+EOT = "<|endoftext|>"
+
+# A "word" is a run of non-space characters, or a single newline (so line structure is modelled too).
+_WORD_RE = regex.compile(r"\n|[^\s]+")
+
+
+def _transition_table(texts: list[str]) -> tuple[list[str], list[list[int]]]:
+    """Word vocabulary and, per word id, the list of successor ids (with multiplicity)."""
+    word_to_id: dict[str, int] = {}
+    successors: dict[int, list[int]] = defaultdict(list)
+    for text in texts:
+        prev = None
+        for word in _WORD_RE.findall(text):
+            wid = word_to_id.setdefault(word, len(word_to_id))
+            if prev is not None:
+                successors[prev].append(wid)
+            prev = wid
+    words = list(word_to_id)
+    table = [successors.get(i) or [word_to_id["\n"]] for i in range(len(words))]
+    return words, table
+
+
+def write_markov_corpus(
+    out_path: str | os.PathLike,
+    n_bytes: int,
+    *,
+    seed: int = 0,
+    sources: list[str | os.PathLike] | None = None,
+    story_words: tuple[int, int] = (150, 600),
+) -> Path:
+    """Write about ``n_bytes`` of Markov-chain text to ``out_path`` (atomically) and return the path."""
+    src_paths = [Path(p) for p in sources] if sources else [SHARED_DATA / s for s in DEFAULT_SOURCES]
+    for p in src_paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"markov corpus source {p} not found (expected ../shared/data next to the repo)")
+    words, table = _transition_table([p.read_text(encoding="utf-8") for p in src_paths])
+    rng = random.Random(seed)
+    newline_id = words.index("\n")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
+    written = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        while written < n_bytes:
+            length = rng.randint(*story_words)
+            state = rng.randrange(len(words))
+            parts: list[str] = []
+            at_line_start = True
+            for _ in range(length):
+                w = words[state]
+                if w == "\n":
+                    parts.append("\n")
+                    at_line_start = True
+                else:
+                    parts.append(w if at_line_start else " " + w)
+                    at_line_start = False
+                nxt = table[state]
+                state = nxt[rng.randrange(len(nxt))]
+            if state == newline_id or not at_line_start:
+                parts.append("\n")
+            story = "".join(parts).strip("\n") + "\n" + EOT + "\n"
+            f.write(story)
+            written += len(story.encode("utf-8"))
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def markov_corpus_path(megabytes: float, *, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path to a cached corpus of ``megabytes`` MB (10**6 bytes), generating it on first use."""
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    path = cache / f"markov_{megabytes:g}mb_seed{seed}.txt"
+    if not path.exists():
+        write_markov_corpus(path, int(megabytes * 1_000_000), seed=seed)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, required=True, help="size in MB (10**6 bytes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.out is None:
+        path = markov_corpus_path(args.mb, seed=args.seed)
+    else:
+        path = write_markov_corpus(args.out, int(args.mb * 1_000_000), seed=args.seed)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
