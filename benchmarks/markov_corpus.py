@@ -58,7 +58,7 @@ def write_markov_corpus(
     src_paths = [Path(p) for p in sources] if sources else [SHARED_DATA / s for s in DEFAULT_SOURCES]
     for p in src_paths:
         if not p.is_file():
-            raise FileNotFoundError(f"markov corpus source {p} not found (expected ../shared/data next to the repo)")
+            raise FileNotFoundError(f"markov corpus source {p} not found (expected ../shared/data)")
     words, table = _transition_table([p.read_text(encoding="utf-8") for p in src_paths])
     rng = random.Random(seed)
     newline_id = words.index("\n")
@@ -91,7 +91,9 @@ def write_markov_corpus(
     return out_path
 
 
-def markov_corpus_path(megabytes: float, *, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
+def markov_corpus_path(
+    megabytes: float, *, seed: int = 0, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """Path to a cached corpus of ``megabytes`` MB (10**6 bytes), generating it on first use."""
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
     path = cache / f"markov_{megabytes:g}mb_seed{seed}.txt"
