@@ -1,0 +1,133 @@
+"""Encoding throughput with GPT-2's vocabulary: ours vs tiktoken vs Hugging Face tokenizers, same text.
+
+    python -m benchmarks.bench_encode [--mb 20] [--workers N]
+
+The text is the fixed-seed Markov corpus (``benchmarks.markov_corpus``: English statistics, no line
+repeated, stories separated by ``<|endoftext|>``). Every figure is MB of UTF-8 input per second of
+wall time, measured in this run, each encoder starting cold (fresh object, empty caches); parallel
+figures include starting the workers. Ids are checked to be identical across all of them.
+Targets (issue 4): ours single-process >= 0.4x tiktoken single-thread; ``encode_file`` on all cores
+>= 0.75x tiktoken single-thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.markov_corpus import SHARED_DATA, markov_corpus_path
+from tokenizer.encode_file import _usable_cores, encode_file
+from tokenizer.tokenizer import Tokenizer
+
+EOT = "<|endoftext|>"
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def ours() -> Tokenizer:
+    return Tokenizer.from_files(SHARED_DATA / "gpt2_vocab.json", SHARED_DATA / "gpt2_merges.txt", [EOT])
+
+
+def tiktoken_gpt2(tok: Tokenizer):
+    import tiktoken
+
+    ranks = {token: i for i, token in tok.vocab.items() if i != tok.eot_id}
+    return tiktoken.Encoding(
+        "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: tok.eot_id}
+    )
+
+
+def hf_gpt2():
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    hf = HFTokenizer(
+        models.BPE.from_file(str(SHARED_DATA / "gpt2_vocab.json"), str(SHARED_DATA / "gpt2_merges.txt"))
+    )
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.add_special_tokens([EOT])
+    return hf
+
+
+def joined(per_doc: list[list[int]], eot: int) -> list[int]:
+    """Ids of documents encoded apart, rejoined as the whole text encodes: one EOT between each."""
+    out: list[int] = []
+    for i, ids in enumerate(per_doc):
+        if i:
+            out.append(eot)
+        out += ids
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=20, help="corpus size in MB (default 20)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel workers (default: all cores)")
+    args = parser.parse_args()
+    workers = args.workers or _usable_cores()
+
+    path = markov_corpus_path(args.mb)
+    text = path.read_text(encoding="utf-8")
+    n_mb = len(text.encode("utf-8")) / 1e6
+    docs = text.split(EOT)
+    load = os.getloadavg()[0]
+    print(
+        f"corpus: {path} ({n_mb:.1f} MB, {len(docs):,} documents); {workers} workers; load average {load:.2f}"
+    )
+
+    rows = []
+    tok = ours()  # loading the files is not timed; each timed encoder starts with an empty cache
+    reference, t = timed(lambda: tok.encode(text))
+    rows.append(("ours Tokenizer.encode, 1 process", t, True))
+    with tempfile.TemporaryDirectory() as tmp:
+        out, fresh = Path(tmp) / "tokens.npy", Tokenizer(tok.vocab, tok.merges, tok.special_tokens)
+        _, t = timed(lambda: encode_file(path, out, fresh, num_workers=workers, progress=False))
+        rows.append((f"ours encode_file, {workers} workers", t, np.array_equal(np.load(out), reference)))
+
+    tk = tiktoken_gpt2(tok)
+    ordinary, t_tk = timed(lambda: tk.encode_ordinary(text))
+    rows.append(("tiktoken encode_ordinary, 1 thread", t_tk, None))
+    ids, t = timed(lambda: tk.encode(text, allowed_special="all"))
+    rows.append(("tiktoken encode(allowed_special='all'), 1 thread", t, ids == reference))
+    batch, t = timed(lambda: tk.encode_ordinary_batch(docs, num_threads=workers))
+    rows.append(
+        (f"tiktoken encode_ordinary_batch, {workers} threads", t, joined(batch, tok.eot_id) == reference)
+    )
+    del ordinary, ids, batch
+
+    hf = hf_gpt2()
+    encodings, t = timed(lambda: hf.encode_batch(docs, add_special_tokens=False))
+    rows.append(
+        (
+            "HF tokenizers encode_batch (Rayon, all cores)",
+            t,
+            joined([e.ids for e in encodings], tok.eot_id) == reference,
+        )
+    )
+
+    print(f"\n{'encoder':<52} {'MB/s':>7} {'x tiktoken 1T':>14}  ids == ours")
+    for name, seconds, same in rows:
+        same_text = "-" if same is None else ("yes" if same else "NO")
+        print(f"{name:<52} {n_mb / seconds:7.2f} {t_tk / seconds:14.2f}  {same_text}")
+    single, parallel = t_tk / rows[0][1], t_tk / rows[1][1]
+    print(
+        f"\ntarget: single process >= 0.40x tiktoken: {single:.2f}x ({'met' if single >= 0.4 else 'NOT met'})"
+    )
+    print(
+        f"target: encode_file    >= 0.75x tiktoken: {parallel:.2f}x ({'met' if parallel >= 0.75 else 'NOT met'})"
+    )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

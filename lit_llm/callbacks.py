@@ -1,0 +1,333 @@
+"""Training callbacks: throughput and MFU, text samples, a non-finite-loss guard, final metrics as hparams.
+
+Each is a plain Lightning ``Callback`` configured in configs/callbacks/default.yaml. They log through
+``pl_module.log`` (so every logger receives them) and never force a device sync on every step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+# Dense (no sparsity) peak FLOP/s per device from the vendors' datasheets, by compute precision.
+# Keys are matched as substrings of torch.cuda.get_device_name(), first match wins, so the more
+# specific names come first. "tf32" is what float32 matmuls get with matmul_precision "high"/"medium".
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51.2e12},
+    "H100 NVL": {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12},
+    "H100": {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "H200": {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "L40S": {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
+    "RTX 4090": {"bf16": 165.2e12, "fp16": 165.2e12, "tf32": 82.6e12, "fp32": 82.6e12},
+    "RTX 3090": {"bf16": 71e12, "fp16": 71e12, "tf32": 35.6e12, "fp32": 35.6e12},
+    "V100": {"fp16": 125e12, "fp32": 15.7e12},
+    "T4": {"fp16": 65e12, "fp32": 8.1e12},
+}
+
+
+def compute_precision(trainer_precision: str | int | None) -> str:
+    """Map Lightning's precision setting to the key of ``PEAK_FLOPS`` the matmuls run at."""
+    value = str(trainer_precision)
+    if value.startswith("bf16"):
+        return "bf16"
+    if value.startswith("16"):
+        return "fp16"
+    return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def lookup_peak_flops(device_name: str, precision: str) -> float | None:
+    """Peak FLOP/s of a named accelerator at ``precision``, or None when the table does not know it."""
+    for key, peaks in PEAK_FLOPS.items():
+        if key in device_name:
+            return peaks.get(precision, peaks.get("fp32"))
+    return None
+
+
+def measure_matmul_flops(device: torch.device, n: int = 1024, seconds: float = 0.3) -> float:
+    """Best float32 matmul FLOP/s of ``device`` over a short burst: the achievable peak, used where no
+    datasheet figure applies (CPUs). Issue 2's reference reaches ~80% of it on 2 cores."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elif device.type == "mps":
+            torch.mps.synchronize()
+
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm-up (thread pool, kernels)
+    sync()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        sync()
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+class TokenThroughput(Callback):
+    """Logs ``throughput/tokens_per_sec`` (all ranks together) and ``throughput/mfu`` every
+    ``log_every_n_steps`` optimizer steps, over the steps since the previous log. Validation and
+    checkpointing time is left out: a window restarts at the first training batch after them."""
+
+    def __init__(self, peak_flops: float | None = None) -> None:
+        if peak_flops is not None and not peak_flops > 0:
+            raise ValueError(f"peak_flops={peak_flops!r}: expected a positive number of FLOP/s or null")
+        self.peak_flops = peak_flops
+        self.flops_per_token: float | None = None
+        self._window_start: float | None = None
+        self._window_tokens = 0
+        self._last_step = -1
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lit_llm.flops import estimate_flops_per_token
+
+        self.flops_per_token = float(estimate_flops_per_token(pl_module.config))
+        if self.peak_flops is None:
+            device = pl_module.device
+            precision = compute_precision(trainer.precision)
+            if device.type == "cuda":
+                self.peak_flops = lookup_peak_flops(torch.cuda.get_device_name(device), precision)
+            if self.peak_flops is None:
+                self.peak_flops = measure_matmul_flops(device)
+                rank_zero_info(
+                    f"throughput: measured float32 matmul peak {self.peak_flops / 1e9:.1f} GFLOP/s"
+                )
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._window_start is None:
+            self._window_start, self._window_tokens = time.perf_counter(), 0
+            self._last_step = trainer.global_step
+        self._window_tokens += batch[0].numel() * trainer.world_size
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == self._last_step or step % trainer.log_every_n_steps != 0 or self._window_start is None:
+            return  # mid-accumulation, or not a logging step
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # once per log window: time what the GPU really did
+        elapsed = time.perf_counter() - self._window_start
+        tokens_per_sec = self._window_tokens / max(elapsed, 1e-9)
+        pl_module.log("throughput/tokens_per_sec", tokens_per_sec)
+        if self.flops_per_token and self.peak_flops:
+            mfu = tokens_per_sec * self.flops_per_token / (self.peak_flops * trainer.world_size)
+            pl_module.log("throughput/mfu", mfu)
+        self._window_start, self._window_tokens, self._last_step = time.perf_counter(), 0, step
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._window_start = None
+
+
+@torch.no_grad()
+def sample_tokens(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    context_length: int,
+    temperature: float,
+    generator: torch.Generator,
+    stop_id: int | None = None,
+) -> list[int]:
+    """Greedy (temperature 0) or temperature sampling, one token at a time over the last
+    ``context_length`` tokens. No KV cache: this only has to show, at each validation, what the model
+    writes (lit_llm.generate is the fast, full-featured sampler). Returns the new ids only."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # (1, seq)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        logits = model(ids[:, -context_length:])[0, -1].float().cpu()  # (vocab,)
+        if temperature == 0:
+            next_id = int(torch.argmax(logits))
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            next_id = int(torch.multinomial(probs, 1, generator=generator))
+        if next_id == stop_id:
+            break
+        new.append(next_id)
+        ids = torch.cat([ids, torch.tensor([[next_id]], device=device)], dim=1)
+    return new
+
+
+class TextSamples(Callback):
+    """After every validation, continue each prompt and log prompt + continuation as the ``samples``
+    text tag (TensorBoard's TEXT tab) and on the terminal. The sampling generator is re-seeded every
+    time, so successive samples differ only because the model changed."""
+
+    def __init__(
+        self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.8, seed: int = 0
+    ) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected a positive integer")
+        if not temperature >= 0:
+            raise ValueError(f"temperature={temperature!r}: expected a number >= 0 (0: greedy)")
+        self.prompts = list(prompts)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = float(temperature)
+        self.seed = seed
+        self.last_samples: list[str] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        if trainer.sanity_checking or tokenizer is None or not self.prompts:
+            return
+        eot = getattr(trainer.datamodule, "eot_id", None)
+        generator = torch.Generator().manual_seed(self.seed)
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        samples = []
+        # Every rank samples (same seed, same tokens): a sharded (FSDP) model needs all ranks in forward.
+        with trainer.precision_plugin.forward_context():
+            for prompt in self.prompts:
+                new_ids = sample_tokens(
+                    model,
+                    tokenizer.encode(prompt),
+                    max_new_tokens=self.max_new_tokens,
+                    context_length=pl_module.config.context_length,
+                    temperature=self.temperature,
+                    generator=generator,
+                    stop_id=eot,
+                )
+                samples.append(prompt + tokenizer.decode(new_ids))
+        model.train(was_training)
+        self.last_samples = samples
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        text = "\n\n".join(f"**{i + 1}.** " + _markdown_quote(s) for i, s in enumerate(samples))
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("samples", text, global_step=step)
+        rank_zero_info(f"samples at step {step}:\n" + "\n".join(f"  {s!r}" for s in samples))
+
+
+def _markdown_quote(text: str) -> str:
+    # Markdown would fold single newlines and read * and _ as emphasis: quote and escape every line.
+    escaped = text.replace("\\", "\\\\").replace("*", "\\*").replace("_", "\\_")
+    return "\n".join("> " + line for line in escaped.split("\n"))
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; carries a message naming the last good checkpoint."""
+
+
+class NonFiniteLossGuard(Callback):
+    """Stops training when the loss turns NaN or inf, before anything non-finite is validated or saved.
+
+    Finiteness is accumulated on the device each step and read (one sync, agreed across ranks) every
+    ``check_every_n_steps`` steps, before every validation, before every checkpoint write and at the
+    end. Raising aborts the run without any further checkpoint, so last.ckpt and best.ckpt stay those
+    written before the loss went bad.
+    """
+
+    def __init__(self, check_every_n_steps: int = 10) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps={check_every_n_steps!r}: expected a positive integer")
+        self.check_every_n_steps = check_every_n_steps
+        self._bad: Tensor | None = None
+        self._last_good_step = 0
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        self._bad = bad if self._bad is None else self._bad | bad
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._check(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        bad = bool(self._bad) if self._bad is not None else False  # note: a device sync
+        bad = trainer.strategy.reduce_boolean_decision(bad, all=False)  # any rank bad -> all stop
+        if not bad:
+            self._last_good_step = trainer.global_step
+            return
+        ckpt = trainer.checkpoint_callback
+        last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt is not None else ""
+        keep = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"non-finite training loss (NaN or inf) between steps {self._last_good_step} and "
+            f"{trainer.global_step}; training stopped and {keep}. Try a lower optimizer.lr, a longer "
+            f"scheduler.warmup_iters or trainer.gradient_clip_val, then resume with ckpt_path=..."
+        )
+
+
+class LogStepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, reading the logged metrics only on logging steps.
+
+    The stock bar converts every progress-bar metric to a Python number after every batch: on a GPU
+    that is a device sync per step (the loss is still being computed). Here the numbers shown are
+    refreshed every ``log_every_n_steps`` steps, and always outside training (validation results).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shown: dict[str, Any] | None = None
+        self._shown_step = -1
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        step = trainer.global_step
+        stale = step != self._shown_step and step % trainer.log_every_n_steps == 0
+        if self._shown is None or stale or not trainer.training:
+            self._shown, self._shown_step = super().get_metrics(trainer, pl_module), step
+        return self._shown
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # Training is max_steps steps of an endless stream: Lightning's "Epoch 0/-2" would be noise.
+        return "train"
+
+
+class FinalMetricsHparams(Callback):
+    """At the end of training, record the hyperparameters next to the final validation metrics
+    (``hp/val_loss``, ``hp/val_ppl``, ``hp/val_bpb``) so TensorBoard's HPARAMS tab compares runs."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = {
+            "hp/" + name.replace("/", "_"): float(value)
+            for name, value in trainer.callback_metrics.items()
+            if name.startswith("val/") and math.isfinite(float(value))
+        }
+        if not metrics:
+            return
+        params = dict(pl_module.hparams)
+        params.update(getattr(trainer.datamodule, "hparams", {}) or {})
+        params["max_steps"] = trainer.max_steps
+        params["world_size"] = trainer.world_size
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(params, metrics=metrics, step=trainer.global_step)
+            else:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()

@@ -1,0 +1,164 @@
+"""Scaled dot-product attention and causal multi-head self-attention."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_llm.model.layers import Linear, RotaryEmbedding
+
+# Scores are materialised this many (query, key) entries at a time (8 MB in float32): a block stays in
+# cache, and the allocator recycles it, where one (batch, heads, seq, seq) tensor would be fresh pages
+# from the OS on every call (on CPU, page faults cost more than the arithmetic on them).
+_BLOCK_ELEMENTS = 2**21
+
+
+# exp() is ~50x slower on CPU for inputs far below -87 (results that underflow, -inf included) than for
+# ordinary ones. Exponents are clamped here first: e^-80 ~ 2e-35 is already nothing next to the row
+# maximum's e^0 = 1 in float32, and forbidden entries are then zeroed exactly by the mask.
+_MIN_EXPONENT = -80.0
+
+
+class _Attention(torch.autograd.Function):
+    """Attention over 3-D blocks with a hand-written backward.
+
+    Forward: S = Q K^T + bias (Q pre-scaled by 1/sqrt(d_k); bias -inf where forbidden),
+    E = exp(S - rowmax(S)) (zero where forbidden), l = rowsum(E), O = (E V) / l. Dividing the thin
+    (queries, d_v) output by l rather than E spares a pass over the (queries, keys) matrix; the same
+    trick carries into backward, with P = E / l the probabilities:
+        dV = P^T dO = E^T (dO / l)
+        dP = dO V^T,  dS = P * (dP - D)  where D = rowsum(dP * P) = rowsum(dO * O)  (cheap: (queries, 1))
+        dQ = dS K / sqrt(d_k),  dK = dS^T Q / sqrt(d_k)
+    with every 1/l moved onto the thin (queries, d) operands.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, keep: Tensor | None) -> Tensor:
+        # q (n, queries, d_k), k (n, keys, d_k), v (n, keys, d_v); bias (-inf / 0) and keep (0 / 1)
+        # broadcastable to (n, queries, keys)
+        q = q * (1.0 / math.sqrt(q.shape[-1]))  # scale the thin q, not the (queries, keys) scores
+        e = torch.matmul(q, k.transpose(-2, -1))  # (n, queries, keys) scores
+        if bias is not None:
+            e.add_(bias)  # the row max below must come from allowed entries only
+        e.sub_(e.amax(dim=-1, keepdim=True)).clamp_(min=_MIN_EXPONENT).exp_()  # <= 1: no overflow
+        if keep is not None:
+            e.mul_(keep)
+        row_sum = e.sum(dim=-1, keepdim=True)  # (n, queries, 1)
+        out = torch.matmul(e, v).div_(row_sum)  # (n, queries, d_v)
+        ctx.save_for_backward(q, k, v, e, row_sum, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
+        q, k, v, e, row_sum, out = ctx.saved_tensors
+        d_v = torch.matmul(e.transpose(-2, -1), d_out / row_sum)
+        d_p = torch.matmul(d_out, v.transpose(-2, -1))  # (n, queries, keys)
+        d_s = d_p.sub_((d_out * out).sum(dim=-1, keepdim=True)).mul_(e)  # = l * dS
+        d_q = torch.matmul(d_s, k).div_(row_sum).mul_(1.0 / math.sqrt(q.shape[-1]))
+        d_k = torch.matmul(d_s.transpose(-2, -1), q / row_sum)
+        return d_q, d_k, d_v, None, None
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(d_k)) v, from scratch.
+
+    q: (..., queries, d_k), k: (..., keys, d_k), v: (..., keys, d_v); leading dims broadcast.
+    mask: bool, broadcastable to (..., queries, keys); True = may attend. Returns (..., queries, d_v).
+    A query row with no True entry has no defined output (NaN), as in ``F.scaled_dot_product_attention``.
+    The leading dims are processed in blocks of about ``_BLOCK_ELEMENTS`` scores (see above).
+    """
+    queries, keys, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q3 = q.expand(*lead, *q.shape[-2:]).reshape(-1, queries, q.shape[-1])  # (n, queries, d_k)
+    k3 = k.expand(*lead, *k.shape[-2:]).reshape(-1, keys, k.shape[-1])
+    v3 = v.expand(*lead, *v.shape[-2:]).reshape(-1, keys, d_v)
+    n = q3.shape[0]
+    bias = keep = None
+    if mask is not None:
+        full = (*lead, queries, keys)  # stride-0 views where the mask broadcasts
+        keep = mask.to(q3.dtype).expand(full).reshape(n, queries, keys)
+        bias = torch.zeros_like(mask, dtype=q3.dtype).masked_fill_(~mask, float("-inf"))
+        bias = bias.expand(full).reshape(n, queries, keys)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, queries * keys))  # leading-dim slices per block
+    blocks = []
+    for i in range(0, n, rows):
+        block_mask = (None, None) if mask is None else (bias[i : i + rows], keep[i : i + rows])
+        blocks.append(_Attention.apply(q3[i : i + rows], k3[i : i + rows], v3[i : i + rows], *block_mask))
+    return torch.cat(blocks).view(*lead, queries, d_v)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal multi-head self-attention with optional RoPE on queries and keys.
+
+    ``attn_impl="naive"`` runs ``scaled_dot_product_attention`` above with a causal mask sliced from a
+    buffer built once; ``"sdpa"`` calls ``F.scaled_dot_product_attention(is_causal=True)``, whose fused
+    kernel never materialises the score matrix. Both give the same result to float32 rounding.
+
+    Positions are explicit (``token_positions``) and RoPE is applied to q and k separately, so a key/value
+    cache for generation can rotate new queries at their true positions and attend over stored keys.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        max_seq_len: int | None = None,
+        theta: float | None = None,
+        *,
+        attn_impl: str = "sdpa",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model={d_model} must be a multiple of num_heads={num_heads}")
+        if attn_impl not in ("naive", "sdpa"):
+            raise ValueError(f"attn_impl={attn_impl!r}: expected 'naive' or 'sdpa'")
+        if theta is not None and max_seq_len is None:
+            raise ValueError("RoPE (theta given) needs max_seq_len to size its cos/sin tables")
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.attn_impl = attn_impl
+        self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.rope = (
+            RotaryEmbedding(theta, self.head_dim, max_seq_len, device=device) if theta is not None else None
+        )
+        # Lower-triangular "may attend" mask, built once and sliced per call. Non-persistent: derived data.
+        self.register_buffer("causal_mask", self._build_mask(max_seq_len or 0, device), persistent=False)
+
+    @staticmethod
+    def _build_mask(size: int, device: torch.device | str | None) -> Tensor:
+        return torch.ones(size, size, dtype=torch.bool, device=device).tril()
+
+    def _mask(self, seq: int) -> Tensor:
+        """(seq, seq) causal mask: a slice of the buffer, which grows (once) only when max_seq_len was not
+        given or is exceeded."""
+        if seq > self.causal_mask.shape[0]:
+            self.causal_mask = self._build_mask(seq, self.causal_mask.device)
+        return self.causal_mask[:seq, :seq]
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        # (..., seq, d_model) -> (..., heads, seq, head_dim)
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
+
+    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+        """x: (..., seq, d_model); token_positions: (..., seq) ints or None for 0..seq-1."""
+        q = self._split_heads(self.q_proj(x))  # (..., heads, seq, head_dim)
+        k = self._split_heads(self.k_proj(x))
+        v = self._split_heads(self.v_proj(x))
+        if self.rope is not None:
+            pos = None if token_positions is None else token_positions.unsqueeze(-2)  # (..., 1, seq)
+            q = self.rope(q, pos)
+            k = self.rope(k, pos)
+        if self.attn_impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = scaled_dot_product_attention(q, k, v, mask=self._mask(x.shape[-2]))
+        return self.output_proj(out.transpose(-3, -2).flatten(-2))  # (..., seq, d_model)

@@ -1,0 +1,269 @@
+"""``LanguageModelModule``: a ``TransformerLM`` trained by Lightning with our own optimisation pieces.
+
+Lightning owns the loop, devices, precision, distribution and checkpoint files; this module owns what
+is specific to language modelling: the loss, our AdamW with its parameter groups, the warmup-cosine
+schedule (stepped per optimizer step), our gradient clipping, and the validation metrics
+``val/loss``, ``val/ppl`` and ``val/bpb`` computed over the data module's fixed validation windows.
+
+Checkpoints carry ``hyper_parameters`` made of plain dicts only, so they load with
+``torch.load(weights_only=True)``, and the state dict is always the plain model's (``model.*`` keys),
+never a compiled wrapper's ``_orig_mod.*``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+from torch import Tensor, nn
+
+from lit_llm.losses import cross_entropy
+from lit_llm.model import ModelConfig, TransformerLM
+from lit_llm.model.layers import Embedding
+from lit_llm.optim import AdamW, clip_grad_norm, warmup_cosine
+
+LN2 = math.log(2.0)
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, *, decay_norms: bool = False, decay_embeddings: bool = False
+) -> list[dict[str, Any]]:
+    """Split parameters into a "decay" and a "no_decay" group for AdamW.
+
+    Decay shrinks weights towards zero; that regularises matrices but only hurts norm gains (whose
+    neutral value is 1) and embedding rows (which see few updates each), hence the defaults. A tied
+    lm_head shares the embedding's Parameter and is counted once, with the embedding.
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        is_embedding = isinstance(module, Embedding | nn.Embedding)
+        for param in module.parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            if is_embedding:
+                wants_decay = decay_embeddings
+            elif param.ndim < 2:
+                wants_decay = decay_norms
+            else:
+                wants_decay = True
+            (decay if wants_decay else no_decay).append(param)
+    groups = [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def schedule_factor(step: int, lr: float, min_lr: float, warmup_iters: int, cosine_cycle_iters: int) -> float:
+    """LambdaLR factor for optimizer step ``step`` (0-based): ``warmup_cosine(step + 1) / lr``.
+
+    The +1 means no step is wasted at learning rate 0, and the last step of a ``cosine_cycle_iters``
+    long run is taken at exactly ``min_lr``.
+    """
+    return warmup_cosine(step + 1, lr, min_lr, warmup_iters, cosine_cycle_iters) / lr
+
+
+def _grad_norm(params: list[Tensor]) -> Tensor:
+    """Global L2 norm of the gradients, without modifying them (clipping off)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+class LanguageModelModule(pl.LightningModule):
+    """Train ``TransformerLM`` from plain config dicts (the ``model``, ``optimizer`` and ``scheduler``
+    groups of the Hydra config); see configs/optimizer/adamw.yaml and configs/scheduler/warmup_cosine.yaml
+    for the keys."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any],
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = ModelConfig.from_dict(dict(model))
+        self.model = TransformerLM.from_config(self.config)
+        # The compiled wrapper is kept outside nn.Module's registry: registered, it would add a second
+        # copy of every weight under "_compiled._orig_mod." to the state dict. It shares the parameters.
+        compiled = torch.compile(self.model) if compile else self.model
+        object.__setattr__(self, "_compiled", compiled)
+        self._train_loss_sum: Tensor | None = None
+        self._train_loss_count = 0
+        self._val_loss_sum: Tensor | None = None
+        self._val_token_count: Tensor | None = None
+
+    def forward(self, token_ids: Tensor) -> Tensor:
+        """(batch, seq) int64 -> logits (batch, seq, vocab)."""
+        return self._compiled(token_ids)
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch  # (batch, seq) each; y is x shifted by one token
+        loss = cross_entropy(self(x), y)
+        # Averaged over the micro-batches of one optimizer step and logged in on_before_optimizer_step;
+        # kept on the device so that logging never forces a sync per step.
+        detached = loss.detach()
+        self._train_loss_sum = detached if self._train_loss_sum is None else self._train_loss_sum + detached
+        self._train_loss_count += 1
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._train_loss_sum is not None:
+            self.log("train/loss", self._train_loss_sum / self._train_loss_count, prog_bar=True)
+            self._train_loss_sum, self._train_loss_count = None, 0
+        # The rate this step will use; all groups share it (only weight decay differs).
+        self.log("lr", float(optimizer.param_groups[0]["lr"]))
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip with our ``clip_grad_norm`` and log the pre-clip norm as ``grad_norm`` (a tensor:
+        Lightning reads it only when it writes the logs, so there is no sync per step)."""
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(
+                f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}: only 'norm' is supported"
+            )
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            # Sharded gradients: the global norm needs every rank's shard, which FSDP's own
+            # clip_grad_norm_ all-reduces; ours would see only this rank's shard.
+            max_norm = gradient_clip_val if gradient_clip_val else math.inf
+            norm = self.trainer.strategy.model.clip_grad_norm_(max_norm)
+        elif gradient_clip_val:
+            norm = clip_grad_norm(params, gradient_clip_val)
+        else:
+            norm = _grad_norm(params)
+        self.log("grad_norm", norm)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.hparams.optimizer
+        sched = self.hparams.scheduler
+        lr = float(opt["lr"])
+        groups = parameter_groups(
+            self.model,
+            float(opt["weight_decay"]),
+            decay_norms=bool(opt.get("decay_norms", False)),
+            decay_embeddings=bool(opt.get("decay_embeddings", False)),
+        )
+        optimizer = AdamW(groups, lr=lr, betas=tuple(opt["betas"]), eps=float(opt["eps"]))
+        min_lr, warmup, cycle = (
+            float(sched["min_lr"]),
+            int(sched["warmup_iters"]),
+            int(sched["cosine_cycle_iters"]),
+        )
+
+        def factor(step: int) -> float:
+            return schedule_factor(step, lr, min_lr, warmup, cycle)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- validation -------------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss_sum = torch.zeros((), device=self.device)
+        self._val_token_count = torch.zeros((), device=self.device)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        loss = cross_entropy(self(x), y)
+        # Token-weighted, so a short last batch counts for what it holds.
+        self._val_loss_sum += loss.detach().float() * y.numel()
+        self._val_token_count += y.numel()
+
+    def on_validation_epoch_end(self) -> None:
+        # A sum over ranks is right whether the ranks share the windows or split them.
+        total = self.trainer.strategy.reduce(self._val_loss_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_token_count, reduce_op="sum")
+        val_loss = total / count.clamp(min=1)
+        self.log("val/loss", val_loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", torch.exp(val_loss), sync_dist=True)
+        bytes_per_token = getattr(self.trainer.datamodule, "val_bytes_per_token", None)
+        if bytes_per_token:
+            # nats/token -> bits/token -> bits/byte: comparable across tokenizers.
+            self.log("val/bpb", val_loss / LN2 / float(bytes_per_token), prog_bar=True, sync_dist=True)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["model_config"] = self.config.to_dict()
+        checkpoint["rng_states"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model shape with one message naming what differs."""
+        problems = _shape_mismatches(checkpoint.get("state_dict", {}), self.state_dict())
+        if problems:
+            saved = checkpoint.get("model_config") or {}
+            current = self.config.to_dict()
+            fields = [
+                f"{k}: checkpoint {saved[k]!r}, config {current[k]!r}"
+                for k in current
+                if k in saved and saved[k] != current[k]
+            ]
+            detail = "; ".join(fields) if fields else "; ".join(problems[:5])
+            raise ValueError(f"checkpoint holds a model of another shape ({detail})")
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+
+
+def _shape_mismatches(saved: dict[str, Tensor], current: dict[str, Tensor]) -> list[str]:
+    problems = [f"missing parameter {k}" for k in current if k not in saved]
+    problems += [f"unexpected parameter {k}" for k in saved if k not in current]
+    problems += [
+        f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(v.shape)}"
+        for k, v in current.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    return problems
+
+
+def _rng_states() -> dict[str, Any]:
+    """torch, numpy and Python RNG states as tensors and plain values (safe for weights_only loads)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np_state = states["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])

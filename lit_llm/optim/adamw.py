@@ -1,0 +1,140 @@
+"""AdamW (Loshchilov & Hutter, 2019) and global gradient-norm clipping, from scratch.
+
+Both work on whole lists of tensors with ``torch._foreach_*`` ops: one call updates every parameter of
+a group, so a step costs a handful of kernel launches instead of a handful per parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+
+def _group_by_device_and_dtype(*parallel: list) -> list[list[list]]:
+    """Split parallel lists into groups whose tensors (those of the first list) share a device and a
+    dtype, as a foreach kernel needs; the other lists (gradients, states, step counts) follow along."""
+    groups: dict[tuple[torch.device, torch.dtype], list[list]] = {}
+    for items in zip(*parallel, strict=True):
+        lists = groups.setdefault((items[0].device, items[0].dtype), [[] for _ in parallel])
+        for lst, item in zip(lists, items, strict=True):
+            lst.append(item)
+    return list(groups.values())
+
+
+class AdamW(torch.optim.Optimizer):
+    """Adam with decoupled weight decay.
+
+    For each parameter p with gradient g, at step t (counted per parameter):
+        p   <- p * (1 - lr * weight_decay)                  # decay, decoupled from the gradient
+        m   <- beta1 * m + (1 - beta1) * g                   # first moment (as lerp toward g)
+        v   <- beta2 * v + (1 - beta2) * g * g               # second moment
+        p   <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    These are the operations of ``torch.optim.AdamW`` (amsgrad=False, maximize=False) in the same order
+    and with the same association (decay first; m by lerp; eps added after dividing sqrt(v) by the
+    bias-correction root), so both give the same parameters to float rounding. Parameters without a
+    gradient are skipped and their step count does not advance.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
+        problems = []
+        if not lr >= 0.0:
+            problems.append(f"lr={lr}: expected >= 0")
+        if not 0.0 <= betas[0] < 1.0:
+            problems.append(f"betas[0]={betas[0]}: expected in [0, 1)")
+        if not 0.0 <= betas[1] < 1.0:
+            problems.append(f"betas[1]={betas[1]}: expected in [0, 1)")
+        if not eps >= 0.0:
+            problems.append(f"eps={eps}: expected >= 0")
+        if not weight_decay >= 0.0:
+            problems.append(f"weight_decay={weight_decay}: expected >= 0")
+        if problems:
+            raise ValueError("AdamW: " + "; ".join(problems))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One update of every parameter that has a gradient. ``closure`` (as Lightning passes it)
+        re-computes the loss with autograd enabled; its loss is returned."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("AdamW does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
+            if params:
+                self._update(params, grads, exp_avgs, exp_avg_sqs, steps, group)
+        return loss
+
+    @staticmethod
+    def _update(
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        steps: list[int],
+        group: dict,
+    ) -> None:
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        # The step counts are Python ints on the host: the bias corrections never wait on the device.
+        for p, g, m, v, t in _group_by_device_and_dtype(params, grads, exp_avgs, exp_avg_sqs, steps):
+            if wd != 0:
+                torch._foreach_mul_(p, 1.0 - lr * wd)
+            torch._foreach_lerp_(m, g, 1.0 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, g, g, 1.0 - beta2)
+            step_sizes = [-lr / (1.0 - beta1**n) for n in t]
+            bias_correction2_roots = [math.sqrt(1.0 - beta2**n) for n in t]
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, bias_correction2_roots)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(p, m, denom, step_sizes)
+
+
+def clip_grad_norm(parameters: Iterable[Tensor] | Tensor, max_norm: float, eps: float = 1e-6) -> Tensor:
+    """Scale all gradients in place so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping, as a tensor: reading it as a Python number would make the host
+    wait for the device, so the scale ``min(1, max_norm / (norm + eps))`` is applied unconditionally
+    (a multiply by 1 when no clipping is needed) instead of branching on it. ``parameters`` may be a
+    generator (it is read once into a list) or a single tensor.
+    """
+    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    per_group_norms = []
+    for (group,) in _group_by_device_and_dtype(grads):
+        norms = torch._foreach_norm(group, 2.0)  # one L2 norm per tensor
+        per_group_norms.append(torch.linalg.vector_norm(torch.stack(norms), 2.0).to(grads[0].device))
+    total_norm = torch.linalg.vector_norm(torch.stack(per_group_norms), 2.0)
+    scale = torch.clamp(max_norm / (total_norm + eps), max=1.0)
+    for (group,) in _group_by_device_and_dtype(grads):
+        torch._foreach_mul_(group, scale.to(group[0].device, group[0].dtype))
+    return total_norm

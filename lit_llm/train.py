@@ -1,0 +1,183 @@
+"""``python -m lit_llm.train [experiment=NAME] [key=value ...]``: one command from a dataset name to a
+trained, logged, resumable model.
+
+The config (lit_llm/configs/, composed by Hydra) is validated first, so a typo fails in about a second
+naming the key. Then: the data module (download, tokenizer, token arrays: cached), the
+LanguageModelModule, callbacks and loggers are built from their groups and handed to a Lightning
+Trainer whose accelerator/devices/strategy/precision come from the trainer group.
+
+Everything of a run lands in logs/<name>/<timestamp>/: .hydra/ (the exact config), tensorboard/,
+checkpoints/{last,best}.ckpt. ``ckpt_path=last`` resumes from the most recently written
+logs/<name>/*/checkpoints/last.ckpt (the new run gets its own folder); ``ckpt_path=FILE`` from a file.
+Set HYDRA_FULL_ERROR=1 to get tracebacks instead of one-line errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from lit_llm.config_validation import ConfigError, validate_config
+
+
+def find_last_checkpoint(experiment_dir: str | Path, exclude: str | Path | None = None) -> Path:
+    """The most recently written ``<run>/checkpoints/last.ckpt`` under ``experiment_dir``
+    (logs/<name>/), skipping the run folder ``exclude`` (the run being started)."""
+    experiment_dir = Path(experiment_dir)
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    candidates = [
+        path
+        for path in experiment_dir.glob("*/checkpoints/last.ckpt")
+        if excluded is None or path.parent.parent.resolve() != excluded
+    ]
+    if not candidates:
+        raise FileNotFoundError(
+            f"ckpt_path=last: no {experiment_dir}/<run>/checkpoints/last.ckpt found; "
+            "train this experiment first, or pass ckpt_path=<file.ckpt>"
+        )
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+
+
+def resolve_ckpt_path(config: dict[str, Any]) -> str | None:
+    """``ckpt_path``: null, "last" (newest last.ckpt of this experiment, other than this run's) or a file."""
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        paths = config["paths"]
+        return str(find_last_checkpoint(Path(paths["log_dir"]) / config["name"], exclude=paths["output_dir"]))
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
+    return ckpt_path
+
+
+def _single_log_path() -> None:
+    """Lightning's top-level logger prints through its own handler *and* propagates to the root
+    logger that Hydra configured (terminal + <run>/train.log): drop its handler so each line appears
+    once, formatted by Hydra."""
+    import logging
+
+    import lightning  # noqa: F401  (its import installs the handler)
+
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
+
+
+class _Builder:
+    """Instantiates config nodes, collecting every failure (a class refusing a value) so that all
+    of them are reported at once, as validate_config does for the keys it knows."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def __call__(self, node: dict[str, Any], path: str) -> Any:
+        from hydra.errors import InstantiationException
+        from hydra.utils import instantiate
+
+        try:
+            return instantiate(node, _convert_="all")
+        except InstantiationException as exc:
+            cause = exc.__cause__ or exc
+            message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            # The data module names its keys itself ("data.vocab_size=..."); others get the path.
+            self.problems.append(message if f"{path}." in message else f"{path}: {message}")
+            return None
+
+    def group(self, group: dict[str, Any] | None, path: str) -> list[Any]:
+        built = [self(node, f"{path}.{name}") for name, node in (group or {}).items() if node is not None]
+        return [obj for obj in built if obj is not None]
+
+
+def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(trainer, module, datamodule) from a validated, resolved config."""
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
+
+    from lit_llm.module import LanguageModelModule
+    from lit_llm.run_checkpoints import AtomicCheckpointIO
+
+    pl.seed_everything(config["seed"], workers=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(config["matmul_precision"])
+    builder = _Builder()
+    datamodule = builder(config["data"], "data")
+    callbacks = builder.group(config.get("callbacks"), "callbacks")
+    loggers = builder.group(config.get("logger"), "logger")
+    trainer_kwargs = dict(config["trainer"])
+    if isinstance(trainer_kwargs.get("strategy"), dict):
+        trainer_kwargs["strategy"] = builder(trainer_kwargs["strategy"], "trainer.strategy")
+    if builder.problems:
+        raise ConfigError(builder.problems)
+    if not loggers:  # logger=none: a learning-rate monitor would refuse to start with nothing to log to
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    module = LanguageModelModule(
+        model=config["model"],
+        optimizer=config["optimizer"],
+        scheduler=config["scheduler"],
+        compile=config["compile"],
+    )
+    trainer = pl.Trainer(
+        **trainer_kwargs,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=config["paths"]["output_dir"],
+        # Without our checkpoint callback (callbacks.model_checkpoint=null) Lightning must not add its own.
+        enable_checkpointing=any(isinstance(cb, Checkpoint) for cb in callbacks),
+    )
+    return trainer, module, datamodule
+
+
+def train(config: dict[str, Any]) -> dict[str, float]:
+    """Train from a validated, resolved config; returns the final logged metrics."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    ckpt_path = resolve_ckpt_path(config)  # before the slow imports: a wrong path fails at once
+    _single_log_path()
+    trainer, module, datamodule = build(config)
+    rank_zero_info(
+        f"run folder: {config['paths']['output_dir']}" + (f" (resuming {ckpt_path})" if ckpt_path else "")
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    ckpt = trainer.checkpoint_callback
+    summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val/loss", "val/ppl", "val/bpb") if k in metrics)
+    rank_zero_info(f"done at step {trainer.global_step}: {summary or 'no validation ran'}")
+    if ckpt is not None and getattr(ckpt, "last_model_path", ""):
+        rank_zero_info(
+            f"checkpoints: {ckpt.last_model_path}"
+            + (f", {ckpt.best_model_path}" if ckpt.best_model_path else "")
+        )
+    return metrics
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Bad input found once the data or a checkpoint is opened (missing file, checkpoint of another
+    shape, invalid value), or a diverged run: reported in one line like config errors."""
+    if isinstance(exc, ValueError | FileNotFoundError):
+        return True
+    callbacks = sys.modules.get("lit_llm.callbacks")  # imported only once training started
+    return callbacks is not None and isinstance(exc, callbacks.NonFiniteLossError)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(validate_config(cfg))
+    except Exception as exc:
+        if not _is_user_error(exc) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+if __name__ == "__main__":
+    main()

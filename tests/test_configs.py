@@ -1,0 +1,192 @@
+"""The real configs (lit_llm/configs/) composed as Hydra composes them for `python -m lit_llm.train`:
+every experiment and hardware choice is valid, the TinyStories experiment is the documented base
+configuration, and bad values fail at start-up with one line per bad key, before Lightning is imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from lit_llm.config_validation import ConfigError, config_problems, resolve, validate_config
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "lit_llm" / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (CONFIGS / "trainer").glob("*.yaml"))
+
+
+def compose_train(*overrides: str, tmp: Path = Path("/tmp/lit_llm_cfg")) -> dict:
+    """The composed, resolved config; Hydra's run-time paths pinned (no Hydra run in a unit test)."""
+    pinned = [f"paths.root_dir={tmp}", f"paths.output_dir={tmp}/logs/run"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return resolve(compose("train", overrides=[*pinned, *overrides]))
+
+
+def problems_of(*overrides: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_train(*overrides))
+    return info.value.problems
+
+
+def test_groups_and_options_exist() -> None:
+    assert EXPERIMENTS == ["owt", "quickstart", "shakespeare", "tinystories"]
+    assert TRAINERS == ["cpu", "ddp", "ddp_sim", "default", "fsdp", "gpu", "mps"]
+    assert sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml")) == ["csv", "none", "tensorboard"]
+    assert (CONFIGS / "debug" / "fast.yaml").is_file()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment: str) -> None:
+    config = validate_config(compose_train(f"experiment={experiment}"))
+    assert config["name"] == experiment
+    assert config["data"]["dataset"] == experiment
+    assert config["model"]["vocab_size"] == config["data"]["vocab_size"]
+    assert config["data"]["context_length"] == config["model"]["context_length"]
+    assert (
+        config["trainer"]["max_steps"] % config["trainer"]["val_check_interval"] == 0
+    )  # last step validated
+
+
+def test_quickstart_is_the_default_experiment() -> None:
+    assert compose_train()["name"] == "quickstart"
+
+
+def test_tinystories_is_the_base_configuration() -> None:
+    config = compose_train("experiment=tinystories")
+    model, data = config["model"], config["data"]
+    assert (data["vocab_size"], model["context_length"], model["d_model"]) == (10000, 256, 512)
+    assert (model["num_layers"], model["num_heads"], model["d_ff"], model["rope_theta"]) == (
+        4,
+        16,
+        1344,
+        10000.0,
+    )
+    assert data["batch_size"] == 32
+    tokens = config["trainer"]["max_steps"] * data["batch_size"] * model["context_length"]
+    assert 320e6 < tokens < 335e6  # ~327M tokens
+    assert (config["optimizer"]["lr"], config["scheduler"]["min_lr"]) == (1e-3, 1e-4)
+    assert 0 < config["scheduler"]["warmup_iters"] < config["scheduler"]["cosine_cycle_iters"]
+    assert compose_train("experiment=owt")["data"]["vocab_size"] == 32000
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_every_trainer_option_validates_and_builds_its_strategy(trainer: str) -> None:
+    config = validate_config(compose_train(f"trainer={trainer}"))
+    strategy = config["trainer"]["strategy"]
+    if isinstance(strategy, dict):
+        built = instantiate(strategy, _convert_="all")
+        assert type(built).__name__ == strategy["_target_"].rsplit(".", 1)[1]
+    expected = {"gpu": "bf16-mixed", "ddp": "bf16-mixed", "fsdp": "bf16-mixed", "ddp_sim": "32-true"}
+    assert config["trainer"]["precision"] == expected.get(trainer, "32-true")
+
+
+def test_ddp_sim_is_two_cpu_processes_over_gloo() -> None:
+    trainer = compose_train("trainer=ddp_sim")["trainer"]
+    assert (trainer["accelerator"], trainer["devices"]) == ("cpu", 2)
+    assert trainer["strategy"]["process_group_backend"] == "gloo"
+
+
+def test_debug_fast_shrinks_everything_and_a_logger_can_be_added_back() -> None:
+    config = compose_train("debug=fast")
+    assert config["trainer"]["max_steps"] <= 10 and config["model"]["num_layers"] == 1
+    assert config["data"]["vocab_size"] <= 512 and not config["logger"]
+    assert list(compose_train("debug=fast", "logger=tensorboard")["logger"]) == ["tensorboard"]
+    validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.d_model=100", "model.num_heads=3"], "model.d_model=100: expected a multiple of num_heads=3"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1: expected a positive number"),
+        (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5]: expected two numbers in [0, 1)"),
+        (["trainer.max_steps=0"], "trainer.max_steps=0: expected a positive integer"),
+        (["trainer.precision=bf17"], "trainer.precision='bf17': expected one of"),
+        (["scheduler.min_lr=1"], "scheduler.min_lr=1: expected <= optimizer.lr=0.003"),
+        (
+            ["scheduler.warmup_iters=500"],
+            "scheduler.warmup_iters=500: expected < scheduler.cosine_cycle_iters=300",
+        ),
+        (["compile=maybe"], "compile='maybe': expected true or false"),
+        (["+model.dropout=0.1"], "model.dropout: unknown key"),
+        (["+optimizer.momentum=0.9"], "optimizer.momentum: unknown key"),
+        (["+extra=1"], "extra: unknown top-level key"),
+        (["+trainer.callbacks=[]"], "trainer.callbacks: set by the callbacks/logger groups"),
+        (["+trainer.max_step=10"], "trainer.max_step: unknown key for Trainer.__init__"),
+        (
+            ["+callbacks.throughput.peak_flop=1e12"],
+            "callbacks.throughput.peak_flop: unknown key for TokenThroughput",
+        ),
+        (["callbacks.text_samples._target_=lit_llm.callbacks.Nope"], "callbacks.text_samples._target_="),
+    ],
+)
+def test_bad_values_are_reported_naming_the_key(overrides: list[str], expected: str) -> None:
+    problems = problems_of(*overrides)
+    assert any(expected in p for p in problems), problems
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    config = compose_train("optimizer.lr=-1", "trainer.max_steps=0", "+model.foo=1", "model.num_heads=7")
+    problems = config_problems(config)
+    assert len(problems) >= 4, problems
+    assert {p.split("=")[0].split(":")[0] for p in problems} >= {
+        "optimizer.lr",
+        "trainer.max_steps",
+        "model.foo",
+    }
+
+
+def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "lit_llm.train", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.d_model=100", "model.num_heads=3"], "model.d_model=100: expected a multiple of num_heads=3"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1: expected a positive number"),
+        (["experiment=nope"], "Could not find 'experiment/nope'"),
+    ],
+)
+def test_cli_fails_fast_with_one_line_naming_the_key(
+    tmp_path: Path, overrides: list[str], expected: str
+) -> None:
+    result = cli(tmp_path, *overrides)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.ckpt"))
+
+
+def test_value_errors_are_found_before_lightning_is_imported(tmp_path: Path) -> None:
+    """The structural reason the common mistakes fail in about a second: nothing heavy is imported."""
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['lit_llm.train', 'optimizer.lr=-1']\n"
+        "try:\n"
+        "    runpy.run_module('lit_llm.train', run_name='__main__', alter_sys=True)\n"
+        "finally:\n"
+        "    print('lightning imported:', 'lightning' in sys.modules)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "optimizer.lr=-1" in result.stderr
+    assert "lightning imported: False" in result.stdout

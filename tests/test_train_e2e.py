@@ -1,0 +1,129 @@
+"""`python -m lit_llm.train` end to end, in subprocesses, exactly as a user types it (the real configs,
+shrunk by debug=fast): every TensorBoard tag and a loadable checkpoint; resume = uninterrupted run,
+step for step; a checkpoint of another shape refused with one line."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SCALAR_TAGS = {
+    "train/loss",
+    "val/loss",
+    "val/ppl",
+    "val/bpb",
+    "lr",
+    "grad_norm",
+    "throughput/tokens_per_sec",
+    "throughput/mfu",
+}
+
+
+@pytest.fixture(scope="session")
+def shared_data_paths(tmp_path_factory) -> list[str]:
+    """One data/ and artifacts/ folder for every training subprocess of the session: the corpus,
+    tokenizer and token arrays are built by the first run and reused (they are cached by their inputs)."""
+    root = tmp_path_factory.getbasetemp() / "lit_llm_train_data"
+    return [f"paths.data_dir={root / 'data'}", f"paths.artifacts_dir={root / 'artifacts'}"]
+
+
+def run_train(cwd: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_llm.train", *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def only(paths: list[Path]) -> Path:
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path, shared_data_paths) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_train(tmp_path, "experiment=quickstart", "debug=fast", "logger=tensorboard", *shared_data_paths)
+    run_dir = only(list((tmp_path / "logs" / "debug").iterdir()))
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert set(tags["scalars"]) >= SCALAR_TAGS, SCALAR_TAGS - set(tags["scalars"])
+    assert len(events.Scalars("train/loss")) == 4  # debug=fast: 4 steps, logged every step
+    assert len(events.Scalars("val/loss")) == 2  # validated at steps 2 and 4
+    assert "samples/text_summary" in tags["tensors"]
+    sample = events.Tensors("samples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "Once upon a time" in sample
+    hparams = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    assert {"hp/val_loss", "hp/val_bpb"} <= set(tags["scalars"])
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert ckpt["model_config"]["d_model"] == 32
+    assert all(k.startswith("model.") and "_orig_mod" not in k for k in ckpt["state_dict"])
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def read_metrics(run_dir: Path) -> dict[str, dict[int, str]]:
+    """metric -> {step: value as written} from a CSVLogger file (strings: compared exactly)."""
+    out: dict[str, dict[int, str]] = {}
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if value and key not in ("step", "epoch"):
+                    out.setdefault(key, {})[int(row["step"])] = value
+    return out
+
+
+@pytest.mark.slow
+def test_resume_reproduces_the_uninterrupted_run_step_for_step(tmp_path: Path, shared_data_paths) -> None:
+    n = 3
+    common = [
+        "debug=fast",
+        "logger=csv",
+        f"trainer.val_check_interval={n}",
+        f"scheduler.cosine_cycle_iters={2 * n}",  # the schedule of the 2n-step run in both cases
+        "callbacks.progress_bar=null",
+        *shared_data_paths,
+    ]
+    run_train(tmp_path, *common, "name=straight", f"trainer.max_steps={2 * n}")
+    run_train(tmp_path, *common, "name=split", f"trainer.max_steps={n}")
+    resumed = run_train(tmp_path, *common, "name=split", f"trainer.max_steps={2 * n}", "ckpt_path=last")
+    assert "resuming" in resumed.stdout + resumed.stderr
+
+    straight = read_metrics(only(list((tmp_path / "logs" / "straight").iterdir())))
+    first, second = (read_metrics(d) for d in sorted((tmp_path / "logs" / "split").iterdir()))
+    assert sorted(first["train/loss"]) == list(range(n)) and sorted(second["train/loss"]) == list(
+        range(n, 2 * n)
+    )
+    for metric in ("train/loss", "lr", "grad_norm"):
+        assert {**first[metric], **second[metric]} == straight[metric], metric
+    assert second["val/loss"] == {2 * n - 1: straight["val/loss"][2 * n - 1]}
+
+    # The same experiment with another model width cannot resume from that checkpoint.
+    wider = run_train(tmp_path, *common, "name=split", "model.d_model=64", "ckpt_path=last", check=False)
+    assert wider.returncode == 1
+    assert (
+        "error: checkpoint holds a model of another shape (d_model: checkpoint 32, config 64" in wider.stderr
+    )
+    assert "Traceback" not in wider.stderr

@@ -1,0 +1,416 @@
+"""``Tokenizer``: byte-level BPE encode / decode, with the same ids as tiktoken for the same vocabulary.
+
+Encoding a text is three steps:
+
+1. cut out special tokens (longest first where several match at one place);
+2. split the rest into pre-tokens with GPT-2's regex,
+   ``'(?:[sdmt]|ll|ve|re)| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``;
+3. turn each pre-token into ids: a pre-token that is itself a token is that token, otherwise its bytes
+   are merged pair by pair, always the pair whose merge has the lowest rank, leftmost on ties.
+
+Step 3 is what tiktoken does. A pair's rank is the position in ``merges`` of the merge that makes
+its concatenation; tiktoken ranks by token id instead, which orders alike whenever every multi-byte
+token is a merge result numbered in merge order (GPT-2's files, ``train_bpe``'s output).
+
+Step 3 is slow in Python, but text is Zipfian: a few thousand distinct
+pre-tokens make up most of any corpus. So a dict maps pre-token -> ids, and the BPE runs only on a
+miss (from ``dict.__missing__``, which keeps the hot loop in C). The dict is cleared when it reaches
+``cache_size`` entries, which bounds memory on any input.
+
+The regex runs on the standard-library ``re`` with Unicode 16 classes spelled out (see
+``tokenizer.unicode_tables`` for why), in three versions: ASCII-only text (most of English) gets
+ASCII classes, text within the Basic Multilingual Plane gets one-bitmap classes, and only text with
+characters above U+FFFF (emoji, ...) pays for the full tables. All three split alike on their inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Set
+from functools import cached_property
+from itertools import chain
+from pathlib import Path
+from typing import Literal
+
+from tokenizer import io
+from tokenizer.unicode_tables import LETTER, NUMBER, WHITE_SPACE, char_class
+
+EOT = "<|endoftext|>"
+DEFAULT_CACHE_SIZE = 1 << 18  # pre-tokens; a few hundred bytes each, so at most ~60 MB per process
+_MAX_CACHED_CHARS = 256  # longer pre-tokens (long runs of spaces, ...) are rare: not worth the memory
+
+AllowedSpecial = Literal["all", "none", "none_raise"] | Set[str]
+
+
+def _gpt2_regex(max_code_point: int) -> re.Pattern[str]:
+    """GPT-2's pre-tokenizer regex, valid for texts whose characters are all <= ``max_code_point``."""
+    letter, number, space = (
+        char_class(table, max_code_point=max_code_point) for table in (LETTER, NUMBER, WHITE_SPACE)
+    )
+    return re.compile(
+        rf"'(?:[sdmt]|ll|ve|re)| ?[{letter}]+| ?[{number}]+| ?[^{space}{letter}{number}]+"
+        rf"|[{space}]+(?![^{space}])|[{space}]+"
+    )
+
+
+_ASCII_RE, _BMP_RE, _FULL_RE = (_gpt2_regex(m) for m in (0x7F, 0xFFFF, 0x10FFFF))
+_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
+
+# Where a text can be cut and its halves encoded apart, with the ids of the whole: before an ASCII
+# white-space character that follows a printable non-space ASCII one. No pre-token holds a non-space
+# character followed by white space, so the pre-token covering the left character ends there, and the
+# regex's only look-ahead (``\s+(?!\S)``) belongs to white-space runs, none of which crosses the cut.
+_CUT_RE = re.compile(r"(?<=[!-~])[\t\n\x0b\x0c\r ]")
+
+
+def _special_regex(tokens: Iterable[str], *, overlapping: bool = False) -> re.Pattern[str] | None:
+    """Matches any of ``tokens``, the longest first where several start at one place.
+
+    ``overlapping=True`` wraps it in a look-ahead, so ``finditer`` reports every occurrence, even
+    occurrences that overlap (used to check that a cut splits no special token).
+    """
+    tokens = sorted(set(tokens), key=len, reverse=True)
+    if not tokens:
+        return None
+    alternatives = "|".join(map(re.escape, tokens))
+    return re.compile(f"(?=({alternatives}))" if overlapping else f"({alternatives})")
+
+
+class _PieceCache(dict):
+    """Pre-token -> token ids. A miss runs the BPE through ``__missing__``, called from C by ``[]``."""
+
+    def __init__(self, bpe, max_entries: int) -> None:
+        super().__init__()
+        self.bpe = bpe
+        self.max_entries = max_entries
+
+    def __missing__(self, piece: str) -> tuple[int, ...]:
+        ids = self.bpe(piece.encode("utf-8"))
+        if len(piece) <= _MAX_CACHED_CHARS:
+            if len(self) >= self.max_entries:
+                self.clear()
+            self[piece] = ids
+        return ids
+
+
+class Tokenizer:
+    """Byte-level BPE over ``vocab`` (id -> bytes, ids 0..n-1) and ``merges`` (in rank order).
+
+    ``special_tokens`` are strings whose UTF-8 bytes must be in ``vocab``; in text they are matched
+    before pre-tokenization and become their own id (see ``encode`` for the control over that).
+    """
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str] | None = None,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        self.vocab = dict(vocab)
+        self.merges = [(bytes(a), bytes(b)) for a, b in merges]
+        self.special_tokens = list(dict.fromkeys(special_tokens or []))
+        if not all(isinstance(t, str) and t for t in self.special_tokens):
+            raise ValueError(f"special tokens must be non-empty strings, got {self.special_tokens!r}")
+        n = len(self.vocab)
+        if sorted(self.vocab) != list(range(n)):
+            missing = next(i for i in range(n) if i not in self.vocab)
+            raise ValueError(f"vocabulary ids must be 0..{n - 1} without gaps; id {missing} is missing")
+        ids_of: dict[bytes, int] = {}
+        for i, token in self.vocab.items():
+            if token in ids_of:
+                raise ValueError(f"vocabulary ids {ids_of[token]} and {i} are both the token {token!r}")
+            ids_of[token] = i
+        self.special_ids = {}
+        for token in self.special_tokens:
+            if token.encode("utf-8") not in ids_of:
+                raise ValueError(f"special token {token!r} is not in the vocabulary")
+            self.special_ids[token] = ids_of[token.encode("utf-8")]
+        # Ordinary text never encodes to a special token's id, even if a pre-token spells one.
+        special_id_set = set(self.special_ids.values())
+        self._encoder = {t: i for t, i in ids_of.items() if i not in special_id_set}
+        for b in range(256):
+            if bytes([b]) not in self._encoder:
+                raise ValueError(f"vocabulary lacks the single byte {b:#04x} (byte-level BPE needs all 256)")
+        self._ranks: dict[bytes, int] = {}
+        for rank, (a, b) in enumerate(self.merges):
+            for part in (a, b, a + b):
+                if part not in self._encoder:
+                    raise ValueError(f"merge {rank} ({a!r}, {b!r}): {part!r} is not an ordinary token")
+            self._ranks.setdefault(a + b, rank)
+        self._special_re = _special_regex(self.special_tokens)
+        self._any_special_re = _special_regex(self.special_tokens, overlapping=True)
+        self._subset_res: dict[frozenset[str], tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
+        self._cache = _PieceCache(self._bpe, cache_size)
+        self._cache_size = cache_size
+
+    def __reduce__(self):
+        # Worker processes get the definition, not the compiled regexes or the cache.
+        return (_rebuild, (self.vocab, self.merges, self.special_tokens, self._cache_size))
+
+    # ----- files -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_files(
+        cls,
+        vocab_path: str | os.PathLike,
+        merges_path: str | os.PathLike,
+        special_tokens: list[str] | None = None,
+    ) -> Tokenizer:
+        """From GPT-2-format ``vocab.json`` and ``merges.txt`` (validated: see ``tokenizer.io``)."""
+        vocab = io.read_vocab_json(vocab_path, special_tokens or ())
+        merges = io.read_merges_txt(merges_path, vocab, vocab_path)
+        known = set(vocab.values())
+        for token in special_tokens or []:
+            if token.encode("utf-8") not in known:
+                raise ValueError(f"{vocab_path}: special token {token!r} is not in the vocabulary")
+        return cls(vocab, merges, special_tokens)
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
+        """From a folder written by ``save``; ``meta.json`` names the special tokens and the hash."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{meta_path} not found (a tokenizer folder from Tokenizer.save; for bare GPT-2 files use "
+                "Tokenizer.from_files(vocab, merges, special_tokens))"
+            )
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{meta_path}: invalid JSON ({e})") from None
+        specials = meta.get("special_tokens", []) if isinstance(meta, dict) else None
+        if not isinstance(specials, list) or not all(isinstance(t, str) for t in specials):
+            raise ValueError(f"{meta_path}: 'special_tokens' must be a list of strings, got {specials!r}")
+        tok = cls.from_files(path / "vocab.json", path / "merges.txt", specials)
+        if meta.get("hash", tok.fingerprint) != tok.fingerprint:
+            raise ValueError(
+                f"{meta_path}: hash {meta['hash'][:16]}... does not match vocab.json + merges.txt "
+                f"({tok.fingerprint[:16]}...); the files were changed after saving"
+            )
+        return tok
+
+    def save(self, out_dir: str | os.PathLike, extra_meta: dict | None = None) -> Path:
+        """Write vocab.json, merges.txt, tokenizer.json (Hugging Face) and meta.json to ``out_dir``."""
+        out_dir = Path(out_dir)
+        meta = {
+            "special_tokens": self.special_tokens,
+            "vocab_size": self.vocab_size,
+            "hash": self.fingerprint,
+        }
+        clash = sorted(set(meta) & set(extra_meta or {}))
+        if clash:
+            raise ValueError(f"extra_meta may not override {clash}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        io.write_vocab_json(out_dir / "vocab.json", self.vocab, self.special_tokens)
+        io.write_merges_txt(out_dir / "merges.txt", self.merges)
+        io.write_hf_tokenizer_json(out_dir / "tokenizer.json", self.vocab, self.merges, self.special_tokens)
+        io.atomic_write(out_dir / "meta.json", json.dumps(meta | (extra_meta or {}), indent=2) + "\n")
+        return out_dir
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of vocab + merges + special tokens: names this tokenizer in caches of its outputs."""
+        canonical = {
+            "vocab": [self.vocab[i].hex() for i in range(self.vocab_size)],
+            "merges": [[a.hex(), b.hex()] for a, b in self.merges],
+            "special_tokens": self.special_tokens,
+        }
+        return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+
+    # ----- lookups -----------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def eot_id(self) -> int | None:
+        """Id of ``<|endoftext|>`` when it is a special token (documents are separated by it)."""
+        return self.special_ids.get(EOT)
+
+    def token_to_id(self, token: str) -> int:
+        """Id of a special token, or of an ordinary token given as its text."""
+        if token in self.special_ids:
+            return self.special_ids[token]
+        try:
+            return self._encoder[token.encode("utf-8")]
+        except KeyError:
+            raise ValueError(f"{token!r} is not a token of this vocabulary") from None
+
+    # ----- encoding ----------------------------------------------------------------------------
+
+    def encode(self, text: str, *, allowed_special: AllowedSpecial = "all") -> list[int]:
+        """Token ids of ``text``.
+
+        ``allowed_special`` says what a special token's spelling in the text means:
+        ``"all"`` (default): that special token; ``"none"``: ordinary text (as tiktoken's
+        ``encode_ordinary``); ``"none_raise"``: an error; a set of special tokens: those are special,
+        the others ordinary text. The default differs from tiktoken's (which raises) on purpose: the
+        text we encode is training data in which ``<|endoftext|>`` *is* the document separator, and
+        ``encode_file`` / ``encode_iterable`` must give the ids ``encode`` gives. Text from untrusted
+        sources should be encoded with ``"none"`` or ``"none_raise"``.
+        """
+        special_re = self._special_res(allowed_special, text)[0]
+        try:
+            return self._encode(text, special_re)
+        except UnicodeEncodeError:
+            # Lone surrogates (text decoded with errors="surrogateescape", ...) have no UTF-8 form.
+            # Like tiktoken: join valid surrogate pairs, replace the rest with U+FFFD.
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return self._encode(text, special_re)
+
+    def _encode(self, text: str, special_re: re.Pattern[str] | None) -> list[int]:
+        if special_re is None:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        for i, part in enumerate(special_re.split(text)):
+            if i % 2:  # split() returns the captured separators at the odd positions
+                ids.append(self.special_ids[part])
+            elif part:
+                ids += self._encode_ordinary(part)
+        return ids
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        if text.isascii():  # O(1): CPython keeps this flag on every str
+            pattern = _ASCII_RE
+        elif _ASTRAL_RE.search(text) is None:
+            pattern = _BMP_RE
+        else:
+            pattern = _FULL_RE
+        return list(chain.from_iterable(map(self._cache.__getitem__, pattern.findall(text))))
+
+    def _special_res(
+        self, allowed: AllowedSpecial, text: str | None = None
+    ) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+        """(regex that splits out the special tokens, regex of every spelling a cut must not split)."""
+        if isinstance(allowed, str):
+            if allowed == "all":
+                return self._special_re, self._any_special_re
+            if allowed == "none":
+                return None, None
+            if allowed == "none_raise":
+                if text is not None and self._special_re is not None:
+                    found = self._special_re.search(text)
+                    if found:
+                        raise ValueError(
+                            f"text contains the special token {found.group()!r} (allowed_special="
+                            "'none_raise'); pass 'all' to encode it as that token or 'none' as plain text"
+                        )
+                return None, self._any_special_re
+            raise ValueError(f"allowed_special={allowed!r}: expected 'all', 'none', 'none_raise' or a set")
+        key = frozenset(allowed)
+        if key not in self._subset_res:
+            unknown = sorted(key - self.special_ids.keys())
+            if unknown:
+                raise ValueError(f"allowed_special: {unknown} are not special tokens of this tokenizer")
+            self._subset_res[key] = (_special_regex(key), _special_regex(key, overlapping=True))
+        return self._subset_res[key]
+
+    def _bpe(self, piece: bytes) -> tuple[int, ...]:
+        """Ids of one pre-token: itself if it is a token, else merged by rank as tiktoken does.
+
+        The symbols form a linked list (``nxt``/``prv`` by start offset) and the candidate merges sit
+        in a heap of (rank, start offset), so the lowest rank, then the leftmost pair, is merged first,
+        in O(n log n) even for a pre-token of a million bytes. A heap entry is stale once either of its
+        symbols has changed; the concatenation (hence rank) then differs, which is how it is detected.
+        """
+        encoder, ranks = self._encoder, self._ranks
+        token = encoder.get(piece)
+        if token is not None:
+            return (token,)
+        n = len(piece)
+        parts: list[bytes | None] = [piece[i : i + 1] for i in range(n)]
+        nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
+        heap = [(r, i) for i in range(n - 1) if (r := ranks.get(piece[i : i + 2])) is not None]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = nxt[i]
+            if parts[i] is None or j >= n or ranks.get(merged := parts[i] + parts[j]) != rank:
+                continue
+            parts[i], parts[j] = merged, None
+            nxt[i] = k = nxt[j]
+            if k < n:
+                prv[k] = i
+                if (r := ranks.get(merged + parts[k])) is not None:
+                    heapq.heappush(heap, (r, i))
+            if (p := prv[i]) >= 0 and (r := ranks.get(parts[p] + merged)) is not None:
+                heapq.heappush(heap, (r, p))
+        return tuple(encoder[part] for part in parts if part is not None)
+
+    def encode_iterable(
+        self, texts: Iterable[str], *, allowed_special: AllowedSpecial = "all", buffer_chars: int = 1 << 16
+    ) -> Iterator[int]:
+        """The ids of ``"".join(texts)``, lazily, holding about ``buffer_chars`` of text at a time.
+
+        Pieces are buffered and the buffer is encoded up to its last safe cut (``_CUT_RE``) that splits
+        no special token, so a pre-token or special token spanning two pieces still encodes as one.
+        Memory stays flat for any input that has such cuts (any text with spaces or newlines).
+        """
+        straddle_re = self._special_res(allowed_special)[1]  # also validates allowed_special
+        margin = max(map(len, self.special_tokens), default=1)
+        buffer: list[str] = []
+        size, check_at, lo = 0, buffer_chars, 0
+        for piece in texts:
+            buffer.append(piece)
+            size += len(piece)
+            if size < check_at:
+                continue
+            text = "".join(buffer)
+            hi = len(text) - margin  # cuts at <= hi: a special token across one is wholly in `text`
+            cut = _last_cut(text, lo, hi, straddle_re, margin)
+            if cut > 0:
+                yield from self.encode(text[:cut], allowed_special=allowed_special)
+                text = text[cut:]
+                lo, check_at = max(hi + 1 - cut, 0), buffer_chars
+            else:  # no cut yet (one huge line?): wait for more text instead of rescanning this
+                lo, check_at = max(hi + 1, 0), len(text) + buffer_chars
+            buffer, size = [text], len(text)
+        tail = "".join(buffer)
+        if tail:
+            yield from self.encode(tail, allowed_special=allowed_special)
+
+    # ----- decoding ----------------------------------------------------------------------------
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; byte sequences that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The raw bytes of ``ids`` (a token may hold part of a multi-byte character)."""
+        try:
+            return b"".join(map(self.vocab.__getitem__, ids))
+        except KeyError as e:
+            bad, last = e.args[0], self.vocab_size - 1
+            raise ValueError(f"token id {bad!r} is not in the vocabulary (ids 0..{last})") from None
+
+
+def _last_cut(text: str, lo: int, hi: int, straddle_re: re.Pattern[str] | None, margin: int) -> int:
+    """The last position in ``[lo, hi]`` where ``text`` may be cut (see ``_CUT_RE``), or -1."""
+    for start in (max(lo, hi - 1024), lo):  # the last kilobyte nearly always has one
+        cuts = [m.start() for m in _CUT_RE.finditer(text, max(start, 1), hi + 1)]
+        for p in reversed(cuts):
+            if straddle_re is None or not _straddles(text, p, straddle_re, margin):
+                return p
+        if start <= lo:
+            break
+    return -1
+
+
+def _straddles(text: str, p: int, straddle_re: re.Pattern[str], margin: int) -> bool:
+    """Whether a special token (at most ``margin`` long) occurs in ``text`` across position ``p``."""
+    for m in straddle_re.finditer(text, max(p - margin + 1, 0), p + margin - 1):
+        if m.start() < p < m.start() + len(m.group(1)):
+            return True
+    return False
+
+
+def _rebuild(vocab, merges, special_tokens, cache_size) -> Tokenizer:
+    return Tokenizer(vocab, merges, special_tokens, cache_size=cache_size)
