@@ -10,7 +10,7 @@ non-finite guard, atomic last/best checkpoints) except text samples, which the b
 counterpart for. The timed span starts after ``--warmup`` steps and ends when the last checkpoint is on
 disk. Paths are timed in alternating rounds so that a change of machine load hits both alike.
 
-    python -m benchmarks.bench_train [--steps 90] [--warmup 10] [--rounds 2] [--skip-quickstart]
+    python -m benchmarks.bench_train [--steps 90] [--warmup 10] [--rounds 3] [--skip-quickstart]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,8 +127,13 @@ def bare_run(config: dict, warmup: int, run_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def quickstart_wall_time() -> tuple[float, str]:
-    """The default experiment from nothing (fresh data and artifact folders), as a user types it."""
+def quickstart_wall_time() -> tuple[float, str, float]:
+    """The default experiment from nothing (fresh data and artifact folders), as a user types it;
+    returns (seconds, its summary line, unigram entropy of its validation tokens in nats/token)."""
+    import numpy as np
+
+    from lit_llm.data.synthetic import token_unigram_entropy
+
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         start = time.perf_counter()
@@ -143,14 +149,16 @@ def quickstart_wall_time() -> tuple[float, str]:
         if result.returncode != 0:
             raise RuntimeError(output[-2000:])
         done = re.search(r"done at step \d+: .*", output)
-        return elapsed, done.group(0) if done else "(no summary line)"
+        (valid,) = Path(tmp, "artifacts", "tokens").glob("*/valid.npy")
+        entropy = token_unigram_entropy(np.load(valid, mmap_mode="r")) * math.log(2)
+        return elapsed, done.group(0) if done else "(no summary line)", entropy
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=90)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-quickstart", action="store_true")
     args = parser.parse_args()
 
@@ -180,6 +188,8 @@ def main() -> None:
                 )
                 results[name].append(tokens / seconds)
                 print(f"  round {round_ + 1}: {name:<26} {tokens / seconds:9.0f} tokens/s")
+    for name, values in results.items():
+        print(f"{name}: median {statistics.median(values):.0f} tokens/s over {len(values)} rounds")
     best = {name: max(values) for name, values in results.items()}
     ours, ref = best["lit_llm.train (Lightning)"], best["bare PyTorch loop"]
     print(
@@ -188,8 +198,9 @@ def main() -> None:
     )
     print(f"load average: {os.getloadavg()}")
     if not args.skip_quickstart:
-        seconds, summary = quickstart_wall_time()
+        seconds, summary, entropy = quickstart_wall_time()
         print(f"quickstart from scratch (`python -m lit_llm.train`): {seconds:.1f} s wall; {summary}")
+        print(f"unigram entropy of the quickstart validation tokens: {entropy:.4f} nats/token (vs val/loss)")
         print(f"load average: {os.getloadavg()}")
 
 

@@ -127,7 +127,9 @@ def test_mha_matches_builtin_reference(attn_impl, rope):
     }
 
 
-def test_naive_and_sdpa_agree_to_1e5():
+@pytest.mark.parametrize("query_block", [128, 8, 5])  # one block; even blocks; a ragged last block
+def test_naive_and_sdpa_agree_to_1e5(monkeypatch, query_block):
+    monkeypatch.setattr(attention_mod, "_CAUSAL_QUERY_BLOCK", query_block)
     naive = MultiHeadSelfAttention(64, 8, max_seq_len=32, theta=10000.0, attn_impl="naive")
     fused = MultiHeadSelfAttention(64, 8, max_seq_len=32, theta=10000.0, attn_impl="sdpa")
     fused.load_state_dict(naive.state_dict())

@@ -207,3 +207,13 @@ def test_hf_tokenizer_json_with_a_trained_vocab(tmp_path, shared_file, shared_da
     # (é -> byte 0xe9 -> U+FFFD), so only the ids can be compared for this one.
     _assert_hf_equal(hf, tok, TRICKY + "<|\u00e9t\u00e9|>", decode=False)
     assert Tokenizer.from_dir(tmp_path).encode(TRICKY) == tok.encode(TRICKY)
+
+
+def test_hf_tokenizer_json_looks_up_whole_pre_tokens_first(tmp_path):
+    """``ignore_merges``: "abc" is a token no merge builds; HF must emit it whole, as we (and tiktoken) do."""
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"bc", 257: b"ab", 258: b"abc"}
+    tok = Tokenizer(vocab, [(b"b", b"c"), (b"a", b"b")])
+    hf = _hf_from(tmp_path, tok)
+    for text in ["abc", "abcd abc", "xabc"]:
+        assert hf.encode(text).ids == tok.encode(text)
+    assert tok.encode("abc") == [258]

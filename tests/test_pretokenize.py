@@ -8,6 +8,7 @@ import io
 import os
 from collections import Counter
 from itertools import pairwise
+from unittest import mock
 
 import pytest
 import regex
@@ -91,6 +92,17 @@ def test_find_boundary_prefers_special_tokens_then_newlines():
     assert find_boundary(f, 1, len(raw), [], window=64) == raw.index(b"\n")
     assert find_boundary(f, 1, len(raw), [], window=6) == raw.index(b" ")  # no newline in sight
     assert find_boundary(io.BytesIO(b"x" * 50), 10, 50, []) == 50  # nowhere safe: the end
+    cjk = "日本。\u3000\n語\n".encode()  # the first newline follows U+3000 (white space): not safe
+    assert find_boundary(io.BytesIO(cjk), 1, len(cjk), []) == len(cjk) - 1
+
+
+def test_text_without_ascii_is_cut_too(tmp_path):
+    """Boundaries do not need ASCII: a newline after any non-space character will do."""
+    text = "日本語の文章。\n中文\u3000\n\n한국어 텍스트\n" * 40
+    path = _write(tmp_path, "cjk.txt", text.encode())
+    with open(path, "rb") as f:
+        assert len(chunk_ranges(f, path.stat().st_size, [], chunk_bytes=64)) > 20  # 2 KB
+    assert count_file(path, [], num_workers=2, chunk_bytes=64).counts == reference_counts(text, [])
 
 
 def test_chunk_ranges_tile_the_file(shared_file):
@@ -193,8 +205,12 @@ def test_dead_worker_is_reported(monkeypatch, tmp_path):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=texts, special_tokens=specials, chunk_bytes=st.integers(1, 64))
+@given(text=texts, special_tokens=specials, chunk_bytes=st.integers(1, 8))
 def test_count_file_hypothesis(tmp_path, text, special_tokens, chunk_bytes):
     path = _write(tmp_path, "h.txt", text.encode())
-    got = count_file(path, special_tokens, num_workers=2, chunk_bytes=chunk_bytes)
+    with mock.patch.object(pretokenize, "MIN_CHUNKS_PER_WORKER", 1):  # fork even for a few bytes
+        got = count_file(path, special_tokens, num_workers=2, chunk_bytes=chunk_bytes)
     assert got.counts == reference_counts(text, special_tokens)
+    raw = text.encode()
+    n_ranges = len(chunk_ranges(io.BytesIO(raw), len(raw), special_tokens, chunk_bytes))
+    assert got.num_workers == max(1, min(2, n_ranges, len(raw) // chunk_bytes))  # the policy, exactly

@@ -10,7 +10,8 @@ from gpt2_reference import EOT, FRAGMENTS, gpt2_files_present, ours_gpt2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenizer.tokenizer import _CUT_RE, Tokenizer, _straddles
+from tokenizer.splitting import CUT_RE, straddles
+from tokenizer.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.skipif(not gpt2_files_present(), reason="../shared/data/gpt2_*.* absent")
 
@@ -84,12 +85,12 @@ def test_memory_stays_flat_as_the_input_grows(shared_file):
 @settings(max_examples=300, deadline=None)
 @given(pieces_of_text)
 def test_every_cut_point_is_safe(text):
-    """The cut rule: at every position ``_CUT_RE`` offers that splits no special token, encoding the
+    """The cut rule: at every position ``CUT_RE`` offers that splits no special token, encoding the
     two halves apart gives the ids of the whole. encode_iterable and encode_file rely on this."""
     tok = ours_gpt2()
     whole = tok.encode(text)
     special_re = tok._special_res("all")[1]
-    for m in _CUT_RE.finditer(text):
+    for m in CUT_RE.finditer(text):
         p = m.start()
-        if not _straddles(text, p, special_re, len(EOT)):
+        if not straddles(text, p, special_re, len(EOT)):
             assert tok.encode(text[:p]) + tok.encode(text[p:]) == whole, p

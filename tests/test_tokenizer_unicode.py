@@ -14,7 +14,7 @@ from gpt2_reference import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenizer import tokenizer as tokenizer_module
+from tokenizer import splitting
 from tokenizer.unicode_tables import LETTER, NUMBER, WHITE_SPACE, char_class, ranges
 
 
@@ -34,11 +34,11 @@ def test_tables_are_sorted_disjoint_ranges():
 
 
 def _split_all_ways(text: str) -> list[list[str]]:
-    out = [tokenizer_module._FULL_RE.findall(text)]
-    if not tokenizer_module._ASTRAL_RE.search(text):
-        out.append(tokenizer_module._BMP_RE.findall(text))
+    out = [splitting.FULL_RE.findall(text)]
+    if not splitting.ASTRAL_RE.search(text):
+        out.append(splitting.BMP_RE.findall(text))
     if text.isascii():
-        out.append(tokenizer_module._ASCII_RE.findall(text))
+        out.append(splitting.ASCII_RE.findall(text))
     return out
 
 

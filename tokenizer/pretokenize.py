@@ -10,14 +10,13 @@ A boundary at byte ``p`` is safe when pre-tokenizing the two sides separately gi
 pre-tokens of the whole. Two kinds are used (``find_boundary``):
 
 * the start of a special token: special tokens split the text anyway;
-* an ASCII whitespace byte (a newline preferred) right after a printable, non-space ASCII byte. Why this
-  is safe: no GPT-2 pre-token contains both a non-space character and a *following* whitespace
-  character (whitespace only ever leads a token, or forms a run of its own), so the pre-token that
-  covers ``p - 1`` ends at ``p``; the only look-ahead in the pattern, ``\\s+(?!\\S)``, belongs to
-  whitespace runs, and none crosses ``p - 1``. The matching that starts at ``p`` is then identical
-  whether or not the left part is present. The same holds for any whitespace character after any
-  non-space one, which ``count_words`` uses to cut text into word-like pieces, so that GPT-2's
-  pattern runs once per distinct piece.
+* an ASCII whitespace byte (a newline preferred) right after any non-whitespace character. Why this
+  is safe: no GPT-2 pre-token holds a non-space character followed by white space (white space only
+  ever leads a token, or forms a run of its own), so the pre-token covering the character before
+  ``p`` ends at ``p``; the pattern's only look-ahead, ``\\s+(?!\\S)``, belongs to white-space runs,
+  and none of them crosses that character. So the matching from ``p`` on is the same with or without
+  the left part. ``count_words`` cuts text the same way before any white space character (ASCII or
+  not), so that GPT-2's pattern runs once per distinct word-like piece.
 
 Either kind is only used if no occurrence of a special token straddles it.
 """
@@ -47,12 +46,14 @@ WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f
 # *distinct* piece. The stdlib engine does this simple split about 3x faster than GPT-2's pattern.
 _WORDS_RE = re.compile(f"[{WHITESPACE}]*[^{WHITESPACE}]+|[{WHITESPACE}]+")
 
-# Whitespace boundaries, in order of preference: a newline, else any other ASCII whitespace byte,
-# each right after a printable non-space ASCII byte (see the module docstring for why that is safe).
-_WHITESPACE_BOUNDARIES = (re.compile(rb"[\x21-\x7e]\n"), re.compile(rb"[\x21-\x7e][ \t\r\f\v]"))
+# Whitespace boundaries, in order of preference: a newline, else any other ASCII whitespace byte; each
+# only right after a non-whitespace character (see the module docstring for why that is safe).
+_WHITESPACE_BOUNDARIES = (re.compile(rb"\n"), re.compile(rb"[ \t\r\f\v]"))
+_WHITESPACE_CHAR_RE = re.compile(f"[{WHITESPACE}]")
 
 DEFAULT_CHUNK_BYTES = 1 << 16  # one range of work; bounds the transient memory of a worker (~15x this)
 MAX_WORDS = 1 << 16  # distinct words a worker collects before pre-tokenizing them
+MIN_CHUNKS_PER_WORKER = 16  # a process is worth forking (and its memory) for 16 chunks' bytes: 1 MB
 DEFAULT_WINDOW_BYTES = 1 << 12  # read-ahead when looking for a boundary (a special token "in sight")
 
 
@@ -139,6 +140,18 @@ def _straddles_special(buf: bytes, i: int, specials: list[bytes]) -> bool:
     return False
 
 
+def _after_non_space(buf: bytes, j: int) -> bool:
+    """Whether the character that ends just before byte ``j`` of ``buf`` is valid UTF-8, not white space."""
+    k = j - 1
+    while k > 0 and j - k < 4 and 0x80 <= buf[k] < 0xC0:  # back over UTF-8 continuation bytes
+        k -= 1
+    try:
+        char = buf[k:j].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return len(char) == 1 and not _WHITESPACE_CHAR_RE.match(char)
+
+
 def find_boundary(
     f: BinaryIO, pos: int, file_size: int, specials: list[bytes], window: int = DEFAULT_WINDOW_BYTES
 ) -> int:
@@ -149,7 +162,7 @@ def find_boundary(
     """
     if pos <= 0 or pos >= file_size:
         return min(max(pos, 0), file_size)
-    margin = max([len(s) for s in specials] + [1])  # context to see straddling tokens and byte p-1
+    margin = max([len(s) for s in specials] + [4])  # context: straddling tokens, the character before
     start = pos
     while start < file_size:
         lo = max(0, start - margin)
@@ -161,11 +174,10 @@ def find_boundary(
             if not _straddles_special(buf, j, specials):
                 return lo + j
         for pattern in _WHITESPACE_BOUNDARIES:
-            for m in pattern.finditer(buf, max(first - 1, 0), last):
-                j = m.start() + 1  # the boundary is at the whitespace byte
-                if j < first or (specials and _straddles_special(buf, j, specials)):
-                    continue
-                return lo + j
+            for m in pattern.finditer(buf, first, last):
+                j = m.start()
+                if _after_non_space(buf, j) and not (specials and _straddles_special(buf, j, specials)):
+                    return lo + j
         start += window
     return file_size
 
@@ -265,8 +277,9 @@ def count_file(
 ) -> PretokenCounts:
     """Count the pre-tokens of a whole file, in ``num_workers`` processes (default: all cores).
 
-    The ranges are split into contiguous groups, one per process. The calling process counts the first
-    group itself while forked workers count the others, so two workers means two processes, not three.
+    The ranges are split into contiguous groups, one per process (fewer processes for a small file:
+    each gets at least ``MIN_CHUNKS_PER_WORKER * chunk_bytes`` bytes). The calling process counts the
+    first group itself while forked workers count the others, so two workers are two processes, not three.
     Plain ``os.fork`` and pipes rather than ``multiprocessing``: its imports (ctypes, sockets, ...) cost
     about 4 MB, paid again in every worker. Where there is no fork (Windows), one process counts.
     ``progress(bytes_done, file_size)`` is called as the work advances.
@@ -274,8 +287,9 @@ def count_file(
     file_size = os.path.getsize(path)
     with open(path, "rb") as f:
         ranges = chunk_ranges(f, file_size, special_tokens, chunk_bytes)
-    workers = max(1, min(num_workers or os.cpu_count() or 1, len(ranges)))
-    if not hasattr(os, "fork"):
+    worth_forking = max(1, file_size // (MIN_CHUNKS_PER_WORKER * chunk_bytes))
+    workers = min(num_workers or os.cpu_count() or 1, len(ranges), worth_forking)
+    if workers < 1 or not hasattr(os, "fork"):
         workers = 1
     groups = [ranges[i * len(ranges) // workers : (i + 1) * len(ranges) // workers] for i in range(workers)]
 

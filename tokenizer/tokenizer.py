@@ -12,15 +12,12 @@ Step 3 is what tiktoken does. A pair's rank is the position in ``merges`` of the
 its concatenation; tiktoken ranks by token id instead, which orders alike whenever every multi-byte
 token is a merge result numbered in merge order (GPT-2's files, ``train_bpe``'s output).
 
-Step 3 is slow in Python, but text is Zipfian: a few thousand distinct
-pre-tokens make up most of any corpus. So a dict maps pre-token -> ids, and the BPE runs only on a
-miss (from ``dict.__missing__``, which keeps the hot loop in C). The dict is cleared when it reaches
+Step 3 is slow in Python, but text is Zipfian: a few thousand distinct pre-tokens make up most of
+any corpus. So a dict maps pre-token -> ids, and the BPE runs only on a miss (from
+``dict.__missing__``, which keeps the hot loop in C). The dict is cleared when it reaches
 ``cache_size`` entries, which bounds memory on any input.
 
-The regex runs on the standard-library ``re`` with Unicode 16 classes spelled out (see
-``tokenizer.unicode_tables`` for why), in three versions: ASCII-only text (most of English) gets
-ASCII classes, text within the Basic Multilingual Plane gets one-bitmap classes, and only text with
-characters above U+FFFF (emoji, ...) pays for the full tables. All three split alike on their inputs.
+Steps 1 and 2 (and where a text may be cut for streaming) live in ``tokenizer.splitting``.
 """
 
 from __future__ import annotations
@@ -37,47 +34,13 @@ from pathlib import Path
 from typing import Literal
 
 from tokenizer import io
-from tokenizer.unicode_tables import LETTER, NUMBER, WHITE_SPACE, char_class
+from tokenizer.splitting import last_cut, pretokenize, special_regex
 
 EOT = "<|endoftext|>"
 DEFAULT_CACHE_SIZE = 1 << 18  # pre-tokens; a few hundred bytes each, so at most ~60 MB per process
 _MAX_CACHED_CHARS = 256  # longer pre-tokens (long runs of spaces, ...) are rare: not worth the memory
 
 AllowedSpecial = Literal["all", "none", "none_raise"] | Set[str]
-
-
-def _gpt2_regex(max_code_point: int) -> re.Pattern[str]:
-    """GPT-2's pre-tokenizer regex, valid for texts whose characters are all <= ``max_code_point``."""
-    letter, number, space = (
-        char_class(table, max_code_point=max_code_point) for table in (LETTER, NUMBER, WHITE_SPACE)
-    )
-    return re.compile(
-        rf"'(?:[sdmt]|ll|ve|re)| ?[{letter}]+| ?[{number}]+| ?[^{space}{letter}{number}]+"
-        rf"|[{space}]+(?![^{space}])|[{space}]+"
-    )
-
-
-_ASCII_RE, _BMP_RE, _FULL_RE = (_gpt2_regex(m) for m in (0x7F, 0xFFFF, 0x10FFFF))
-_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
-
-# Where a text can be cut and its halves encoded apart, with the ids of the whole: before an ASCII
-# white-space character that follows a printable non-space ASCII one. No pre-token holds a non-space
-# character followed by white space, so the pre-token covering the left character ends there, and the
-# regex's only look-ahead (``\s+(?!\S)``) belongs to white-space runs, none of which crosses the cut.
-_CUT_RE = re.compile(r"(?<=[!-~])[\t\n\x0b\x0c\r ]")
-
-
-def _special_regex(tokens: Iterable[str], *, overlapping: bool = False) -> re.Pattern[str] | None:
-    """Matches any of ``tokens``, the longest first where several start at one place.
-
-    ``overlapping=True`` wraps it in a look-ahead, so ``finditer`` reports every occurrence, even
-    occurrences that overlap (used to check that a cut splits no special token).
-    """
-    tokens = sorted(set(tokens), key=len, reverse=True)
-    if not tokens:
-        return None
-    alternatives = "|".join(map(re.escape, tokens))
-    return re.compile(f"(?=({alternatives}))" if overlapping else f"({alternatives})")
 
 
 class _PieceCache(dict):
@@ -143,8 +106,8 @@ class Tokenizer:
                 if part not in self._encoder:
                     raise ValueError(f"merge {rank} ({a!r}, {b!r}): {part!r} is not an ordinary token")
             self._ranks.setdefault(a + b, rank)
-        self._special_re = _special_regex(self.special_tokens)
-        self._any_special_re = _special_regex(self.special_tokens, overlapping=True)
+        self._special_re = special_regex(self.special_tokens)
+        self._any_special_re = special_regex(self.special_tokens, overlapping=True)
         self._subset_res: dict[frozenset[str], tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
         self._cache = _PieceCache(self._bpe, cache_size)
         self._cache_size = cache_size
@@ -278,13 +241,7 @@ class Tokenizer:
         return ids
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        if text.isascii():  # O(1): CPython keeps this flag on every str
-            pattern = _ASCII_RE
-        elif _ASTRAL_RE.search(text) is None:
-            pattern = _BMP_RE
-        else:
-            pattern = _FULL_RE
-        return list(chain.from_iterable(map(self._cache.__getitem__, pattern.findall(text))))
+        return list(chain.from_iterable(map(self._cache.__getitem__, pretokenize(text))))
 
     def _special_res(
         self, allowed: AllowedSpecial, text: str | None = None
@@ -310,7 +267,7 @@ class Tokenizer:
             unknown = sorted(key - self.special_ids.keys())
             if unknown:
                 raise ValueError(f"allowed_special: {unknown} are not special tokens of this tokenizer")
-            self._subset_res[key] = (_special_regex(key), _special_regex(key, overlapping=True))
+            self._subset_res[key] = (special_regex(key), special_regex(key, overlapping=True))
         return self._subset_res[key]
 
     def _bpe(self, piece: bytes) -> tuple[int, ...]:
@@ -350,8 +307,9 @@ class Tokenizer:
     ) -> Iterator[int]:
         """The ids of ``"".join(texts)``, lazily, holding about ``buffer_chars`` of text at a time.
 
-        Pieces are buffered and the buffer is encoded up to its last safe cut (``_CUT_RE``) that splits
-        no special token, so a pre-token or special token spanning two pieces still encodes as one.
+        Pieces are buffered and the buffer is encoded up to its last safe cut (``splitting.CUT_RE``)
+        that splits no special token, so a pre-token or special token spanning two pieces still
+        encodes as one.
         Memory stays flat for any input that has such cuts (any text with spaces or newlines).
         """
         straddle_re = self._special_res(allowed_special)[1]  # also validates allowed_special
@@ -365,7 +323,7 @@ class Tokenizer:
                 continue
             text = "".join(buffer)
             hi = len(text) - margin  # cuts at <= hi: a special token across one is wholly in `text`
-            cut = _last_cut(text, lo, hi, straddle_re, margin)
+            cut = last_cut(text, lo, hi, straddle_re, margin)
             if cut > 0:
                 yield from self.encode(text[:cut], allowed_special=allowed_special)
                 text = text[cut:]
@@ -390,26 +348,6 @@ class Tokenizer:
         except KeyError as e:
             bad, last = e.args[0], self.vocab_size - 1
             raise ValueError(f"token id {bad!r} is not in the vocabulary (ids 0..{last})") from None
-
-
-def _last_cut(text: str, lo: int, hi: int, straddle_re: re.Pattern[str] | None, margin: int) -> int:
-    """The last position in ``[lo, hi]`` where ``text`` may be cut (see ``_CUT_RE``), or -1."""
-    for start in (max(lo, hi - 1024), lo):  # the last kilobyte nearly always has one
-        cuts = [m.start() for m in _CUT_RE.finditer(text, max(start, 1), hi + 1)]
-        for p in reversed(cuts):
-            if straddle_re is None or not _straddles(text, p, straddle_re, margin):
-                return p
-        if start <= lo:
-            break
-    return -1
-
-
-def _straddles(text: str, p: int, straddle_re: re.Pattern[str], margin: int) -> bool:
-    """Whether a special token (at most ``margin`` long) occurs in ``text`` across position ``p``."""
-    for m in straddle_re.finditer(text, max(p - margin + 1, 0), p + margin - 1):
-        if m.start() < p < m.start() + len(m.group(1)):
-            return True
-    return False
 
 
 def _rebuild(vocab, merges, special_tokens, cache_size) -> Tokenizer:

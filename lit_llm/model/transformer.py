@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lit_llm.model.attention import MultiHeadSelfAttention
+from lit_llm.model.attention import KVCache, MultiHeadSelfAttention
 from lit_llm.model.config import ModelConfig
 from lit_llm.model.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU
 
@@ -49,12 +49,14 @@ class TransformerBlock(nn.Module):
         ffn_cls = SwiGLU if ffn == "swiglu" else SiLUFeedForward
         self.ffn = ffn_cls(d_model, d_ff, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
-        # x: (..., seq, d_model) -> (..., seq, d_model)
+    def forward(
+        self, x: Tensor, token_positions: Tensor | None = None, kv_cache: KVCache | None = None
+    ) -> Tensor:
+        # x: (..., seq, d_model) -> (..., seq, d_model); kv_cache: this layer's (generation only)
         if self.post_norm:
-            x = self.ln1(x + self.attn(x, token_positions))
+            x = self.ln1(x + self.attn(x, token_positions, kv_cache))
             return self.ln2(x + self.ffn(x))
-        x = x + self.attn(self.ln1(x), token_positions)
+        x = x + self.attn(self.ln1(x), token_positions, kv_cache)
         return x + self.ffn(self.ln2(x))
 
 
@@ -135,15 +137,54 @@ class TransformerLM(nn.Module):
     ) -> TransformerLM:
         return cls(**config.to_dict(), device=device, dtype=dtype)
 
-    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None) -> Tensor:
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
+        """Empty per-layer key/value caches for generating ``batch_size`` sequences of up to ``max_len``
+        (default: context_length) tokens, on the model's device and dtype. Pass as ``kv_cache=``."""
+        weight = self.lm_head.weight
+        cfg = self.config
+        return [
+            KVCache(
+                batch_size,
+                cfg.num_heads,
+                max_len or cfg.context_length,
+                cfg.head_dim,
+                device=weight.device,
+                dtype=weight.dtype,
+            )
+            for _ in self.layers
+        ]
+
+    def forward(
+        self,
+        token_ids: Tensor,
+        token_positions: Tensor | None = None,
+        *,
+        kv_cache: list[KVCache] | None = None,
+        last_only: bool = False,
+    ) -> Tensor:
         """token_ids: (batch, seq) int64; token_positions: (batch, seq) or (seq,) ints, None for
-        0..seq-1. Returns logits (batch, seq, vocab_size)."""
+        0..seq-1. Returns logits (batch, seq, vocab_size).
+
+        Generation: ``kv_cache`` (from ``new_kv_cache``) makes token_ids the continuation of the tokens
+        cached so far (positions default to cached..cached+seq-1) and stores their keys/values;
+        ``last_only`` returns the logits of the last position only, (batch, 1, vocab_size).
+        """
         seq = token_ids.shape[-1]
-        if seq > self.config.context_length:
+        start = 0 if kv_cache is None else kv_cache[0].length
+        if start + seq > self.config.context_length:
+            held = f"{start} cached + " if start else ""
             raise ValueError(
-                f"sequence length {seq} exceeds the model's context_length={self.config.context_length}"
+                f"sequence length {held}{seq} exceeds the model's context_length={self.config.context_length}"
             )
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
-        for layer in self.layers:
-            x = layer(x, token_positions)
-        return self.lm_head(self.ln_final(x))  # (batch, seq, vocab_size)
+        if kv_cache is None:
+            for layer in self.layers:
+                x = layer(x, token_positions)
+        else:
+            if token_positions is None:  # computed once here rather than in every layer
+                token_positions = torch.arange(start, start + seq, device=token_ids.device)
+            for layer, cache in zip(self.layers, kv_cache, strict=True):
+                x = layer(x, token_positions, cache)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.ln_final(x))  # (batch, seq or 1, vocab_size)

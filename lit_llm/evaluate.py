@@ -1,0 +1,223 @@
+"""``python -m lit_llm.evaluate ckpt=PATH data=FILE``: loss, perplexity and bits per byte of a model.
+
+Every token after the first is scored exactly once, by windows of ``context_length`` tokens:
+- ``stride = context_length`` (default): non-overlapping windows, each target seen with 0..T-1 tokens
+  of context, the way validation windows are scored during training;
+- a smaller ``stride``: windows overlap and each scores only the targets its predecessor did not, so
+  every target but those of the first window sees at least ``context_length - stride`` tokens of
+  context (closer to the model's loss at full context, ``context_length / stride`` times the work).
+The last window is aligned to the end of the data, so no tail is dropped.
+
+Bits per byte = total nats / ln 2 / UTF-8 bytes of the scored tokens: unlike the loss per token it
+does not depend on the tokenizer, so models with different vocabularies can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lit_llm.losses import cross_entropy
+from lit_llm.model import TransformerLM
+from tokenizer.tokenizer import Tokenizer
+
+
+def window_plan(n_tokens: int, context_length: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """(start, first scored position) of every window over ``n_tokens`` tokens.
+
+    A window's input is tokens[start : start + L] and its targets tokens[start + 1 : start + L + 1],
+    with L = min(context_length, n_tokens - 1); it scores targets first..L-1.
+    """
+    if n_tokens < 2:
+        raise ValueError(f"the data holds {n_tokens} token(s); at least 2 are needed to score one")
+    stride = context_length if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= context_length:
+        raise ValueError(f"stride={stride!r}: expected an integer in 1..context_length={context_length}")
+    targets = n_tokens - 1
+    length = min(context_length, targets)
+    starts = list(range(0, targets - length + 1, stride))
+    if starts[-1] + length < targets:
+        starts.append(targets - length)  # aligned to the end: the tail is scored too
+    plan, scored_until = [], 0  # targets before scored_until (as positions in the data) are done
+    for start in starts:
+        plan.append((start, scored_until - start if scored_until > start else 0))
+        scored_until = start + length
+    return plan
+
+
+@torch.inference_mode()
+def evaluate(
+    model: TransformerLM,
+    tokens: np.ndarray,
+    token_bytes: np.ndarray,
+    *,
+    stride: int | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, float | int]:
+    """Score ``tokens`` (1-D ints) with ``model``; ``token_bytes[i]`` is the UTF-8 length of token i.
+
+    Returns loss (mean nats per scored token), ppl = e^loss, bpb, and the counts behind them.
+    """
+    context = model.config.context_length
+    if tokens.ndim != 1:
+        raise ValueError(f"expected a 1-D token array, got shape {tokens.shape}")
+    if len(tokens) and int(tokens.max()) >= model.config.vocab_size:
+        raise ValueError(
+            f"the data holds token id {int(tokens.max())} but the model's vocab_size is "
+            f"{model.config.vocab_size}: it was encoded with another tokenizer"
+        )
+    plan = window_plan(len(tokens), context, stride)
+    length = min(context, len(tokens) - 1)
+    device = next(model.parameters()).device
+    total_nats, scored = 0.0, 0
+    batches = [plan[i : i + batch_size] for i in range(0, len(plan), batch_size)]
+    with _progress(len(plan), progress) as advance:
+        for batch in batches:
+            # (B, L + 1): contiguous slices of a memory-mapped array read only the pages they need
+            block = np.stack([tokens[start : start + length + 1] for start, _ in batch]).astype(np.int64)
+            block = torch.from_numpy(block).to(device)
+            logits = model(block[:, :-1])  # (B, L, vocab)
+            for row, (_, first) in enumerate(batch):
+                count = length - first
+                loss = cross_entropy(logits[row, first:], block[row, first + 1 :])
+                total_nats += float(loss) * count  # float64 on the host: no drift over many windows
+                scored += count
+            advance(len(batch))
+    n_bytes = sum(  # in chunks: a memory-mapped array may be far larger than RAM
+        int(token_bytes[np.asarray(tokens[i : i + 2**22], dtype=np.int64)].sum())
+        for i in range(1, len(tokens), 2**22)
+    )
+    loss = total_nats / scored
+    return {
+        "loss": loss,
+        "ppl": math.exp(loss),
+        "bpb": total_nats / math.log(2) / n_bytes if n_bytes else float("nan"),
+        "tokens": scored,
+        "bytes": n_bytes,
+        "windows": len(plan),
+        "context_length": length,
+        "stride": length if stride is None else stride,
+    }
+
+
+class _progress:
+    """A rich progress bar on stderr (or nothing); ``advance(n)`` moves it."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.bar = total, enabled, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress(
+            "evaluating",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.bar.start()
+        task = self.bar.add_task("windows", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def token_byte_lengths(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
+    """UTF-8 bytes of every token id (a special token counts as the text that spells it)."""
+    lengths = np.zeros(vocab_size, dtype=np.int64)
+    for i, token in tokenizer.vocab.items():
+        lengths[i] = len(token)
+    return lengths
+
+
+def load_tokens(
+    path: str | os.PathLike, tokenizer: Tokenizer, *, num_workers: int | None = None
+) -> np.ndarray:
+    """A ``.npy`` token array (memory-mapped), or a UTF-8 text file encoded with ``tokenizer``."""
+    from tokenizer.encode_file import encode_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data={path}: no such file")
+    if path.suffix == ".npy":
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(
+                f"data={path}: expected a 1-D integer token array, got {tokens.dtype} {tokens.shape}"
+            )
+        return tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        encode_file(path, Path(tmp) / "tokens.npy", tokenizer, num_workers=num_workers)
+        return np.load(Path(tmp) / "tokens.npy")
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    from lit_llm.checkpoint import load_model
+
+    problems = [f"{key}=PATH is required" for key in ("ckpt", "data") if not cfg.get(key)]
+    if problems:
+        raise ValueError("; ".join(problems))
+    model, tokenizer = load_model(cfg["ckpt"], tokenizer=cfg.get("tokenizer"))
+    model.to(cfg.get("device") or "cpu")
+    tokens = load_tokens(cfg["data"], tokenizer, num_workers=cfg.get("num_workers"))
+    result = evaluate(
+        model,
+        tokens,
+        token_byte_lengths(tokenizer, model.config.vocab_size),
+        stride=cfg.get("stride"),
+        batch_size=cfg["batch_size"],
+        progress=cfg.get("progress", True),
+    )
+    return {"ckpt": str(cfg["ckpt"]), "data": str(cfg["data"]), **result}
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@hydra.main(config_path="configs", config_name="evaluate", version_base=None)
+def main(cfg: DictConfig) -> None:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        result = run(config)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if config.get("out"):
+        _write_json_atomic(Path(config["out"]), result)
+    if config.get("json"):
+        print(json.dumps(result))
+    else:
+        print(
+            f"loss {result['loss']:.4f}  ppl {result['ppl']:.3f}  bpb {result['bpb']:.4f}  "
+            f"({result['tokens']:,} tokens, {result['bytes']:,} bytes, {result['windows']:,} windows of "
+            f"{result['context_length']}, stride {result['stride']})"
+        )
+
+
+if __name__ == "__main__":
+    main()
