@@ -190,6 +190,9 @@ def main() -> None:
                 print(f"  round {round_ + 1}: {name:<26} {tokens / seconds:9.0f} tokens/s")
     for name, values in results.items():
         print(f"{name}: median {statistics.median(values):.0f} tokens/s over {len(values)} rounds")
+    ratios = [ours / ref for ref, ours in zip(*results.values(), strict=True)]
+    listed = ", ".join(f"{r:.3f}" for r in ratios)
+    print(f"per-round ratio Lightning/bare: {listed}; median {statistics.median(ratios):.3f}")
     best = {name: max(values) for name, values in results.items()}
     ours, ref = best["lit_llm.train (Lightning)"], best["bare PyTorch loop"]
     print(

@@ -83,7 +83,7 @@ def evaluate(
     device = next(model.parameters()).device
     total_nats, scored = 0.0, 0
     batches = [plan[i : i + batch_size] for i in range(0, len(plan), batch_size)]
-    with _progress(len(plan), progress) as advance:
+    with _Progress(len(plan), progress) as advance:
         for batch in batches:
             # (B, L + 1): contiguous slices of a memory-mapped array read only the pages they need
             block = np.stack([tokens[start : start + length + 1] for start, _ in batch]).astype(np.int64)
@@ -112,7 +112,7 @@ def evaluate(
     }
 
 
-class _progress:
+class _Progress:
     """A rich progress bar on stderr (or nothing); ``advance(n)`` moves it."""
 
     def __init__(self, total: int, enabled: bool) -> None:
@@ -175,12 +175,13 @@ def load_tokens(
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     from lit_llm.checkpoint import load_model
 
-    problems = [f"{key}=PATH is required" for key in ("ckpt", "data") if not cfg.get(key)]
+    problems = [f"{key}=PATH is required" for key in ("ckpt", "data_file") if not cfg.get(key)]
+    problems = [p.replace("data_file=", "data=") for p in problems]
     if problems:
         raise ValueError("; ".join(problems))
     model, tokenizer = load_model(cfg["ckpt"], tokenizer=cfg.get("tokenizer"))
     model.to(cfg.get("device") or "cpu")
-    tokens = load_tokens(cfg["data"], tokenizer, num_workers=cfg.get("num_workers"))
+    tokens = load_tokens(cfg["data_file"], tokenizer, num_workers=cfg.get("num_workers"))
     result = evaluate(
         model,
         tokens,
@@ -189,7 +190,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         batch_size=cfg["batch_size"],
         progress=cfg.get("progress", True),
     )
-    return {"ckpt": str(cfg["ckpt"]), "data": str(cfg["data"]), **result}
+    return {"ckpt": str(cfg["ckpt"]), "data": str(cfg["data_file"]), **result}
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -219,5 +220,12 @@ def main(cfg: DictConfig) -> None:
         )
 
 
+def alias_data_argument(argv: list[str]) -> list[str]:
+    """``data=FILE`` -> ``data_file=FILE``. Hydra would read ``data=`` as a choice in the config group
+    data/ of the training configs, which share this config folder."""
+    return [("data_file=" + a.removeprefix("data=")) if a.startswith("data=") else a for a in argv]
+
+
 if __name__ == "__main__":
+    sys.argv = alias_data_argument(sys.argv)
     main()

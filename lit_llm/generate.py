@@ -94,6 +94,8 @@ class _TextStream:
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text that is now final (possibly "")."""
+        if self.done:  # the other samples of the batch go on; this one has ended
+            return ""
         self.text += self.decoder.decode(self.vocab[token_id])
         return self._release(final=False)
 
@@ -251,6 +253,7 @@ def run(cfg: dict) -> None:
     if not cfg.get("ckpt"):
         raise ValueError("ckpt=PATH is required (a Lightning .ckpt or a folder written by lit_llm.export)")
     prompts = read_prompts(cfg.get("prompt"), cfg.get("prompt_file"))
+    check_sampling_args(cfg["temperature"], cfg["top_p"], cfg.get("top_k"))  # before any output
     model, tokenizer = load_model(cfg["ckpt"], tokenizer=cfg.get("tokenizer"))
     model.to(cfg.get("device") or "cpu")
     num_samples = cfg["num_samples"]

@@ -127,3 +127,16 @@ def test_resume_reproduces_the_uninterrupted_run_step_for_step(tmp_path: Path, s
         "error: checkpoint holds a model of another shape (d_model: checkpoint 32, config 64" in wider.stderr
     )
     assert "Traceback" not in wider.stderr
+
+
+def test_diverging_run_stops_with_one_line_and_writes_no_checkpoint(
+    tmp_path: Path, shared_data_paths
+) -> None:
+    # lr 1e30: step 0 is finite, its update makes every later loss NaN, before the first validation.
+    result = run_train(
+        tmp_path, "debug=fast", "optimizer.lr=1e30", "scheduler.min_lr=0", *shared_data_paths, check=False
+    )
+    assert result.returncode == 1
+    assert "error: non-finite training loss (NaN or inf) between steps 1 and 2" in result.stderr
+    assert "no checkpoint had been written yet" in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))

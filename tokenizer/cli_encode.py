@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     from tokenizer.encode_file import encode_file, meta_path_for
     from tokenizer.tokenizer import Tokenizer
 
-    started = time.perf_counter()
     try:
+        started = time.perf_counter()
         tokenizer = Tokenizer.from_dir(args.tokenizer)
+        loaded = time.perf_counter()
         n_tokens = encode_file(
             args.input,
             args.output,
@@ -61,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a worker process died (out of memory?)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - loaded
     size = args.input.stat().st_size
     per_token = f"{size / n_tokens:.2f} bytes/token" if n_tokens else "empty input"
     print(
         f"{args.output}: {n_tokens:,} tokens ({per_token}) from {size / 1e6:.1f} MB in {seconds:.1f} s "
-        f"({size / 1e6 / max(seconds, 1e-9):.1f} MB/s); metadata in {meta_path_for(args.output)}"
+        f"({size / 1e6 / max(seconds, 1e-9):.1f} MB/s; tokenizer loaded in {loaded - started:.1f} s); "
+        f"metadata in {meta_path_for(args.output)}"
     )
     return 0
 

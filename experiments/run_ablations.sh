@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every study of experiments/README.md, one run after the other (each a few minutes on 2 CPU cores),
+# then the plots. Run from the repository root:
+#   bash experiments/run_ablations.sh            # all studies
+#   bash experiments/run_ablations.sh lr         # one of: lr ablations nanogpt plots
+# Runs land in logs/<experiment name>/...; the plots are rebuilt from the newest run of each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TRAIN="python -m lit_llm.train"
+# Progress bars are for terminals; these runs log to TensorBoard (and train.log) only.
+QUIET="callbacks.progress_bar=null trainer.enable_progress_bar=false"
+ABLATIONS="no_norm post_norm nope silu_ffn tied"
+NANOGPT_MINUTES=${NANOGPT_MINUTES:-5}
+
+newest() {  # newest run folder (one holding .hydra/) under logs/$1
+    ls -td logs/"$1"/*/.hydra logs/"$1"/*/*/.hydra 2>/dev/null | head -n 1 | xargs dirname
+}
+
+lr() {  # learning-rate sweep: one Hydra multirun, three jobs in logs/ablation_base/multirun_<time>/{0,1,2}
+    $TRAIN -m experiment=ablation_base optimizer.lr=3e-4,1e-3,3e-3 $QUIET
+}
+
+ablations() {  # one switch each, against the lr=1e-3 job of the sweep (identical to experiment=ablation_base)
+    for a in $ABLATIONS; do $TRAIN experiment=ablation_$a $QUIET; done
+}
+
+nanogpt() {  # the full shakespeare experiment, stopped by a wall-clock budget; validated every 25 steps
+    $TRAIN experiment=shakespeare "+trainer.max_time=00:00:${NANOGPT_MINUTES}:00" \
+        trainer.val_check_interval=25 callbacks.text_samples=null $QUIET
+}
+
+plots() {
+    local sweep base runs=()
+    sweep=$(ls -td logs/ablation_base/multirun_* | head -n 1)
+    base=$(grep -lx -- "- optimizer.lr=0.001" "$sweep"/*/.hydra/overrides.yaml | head -n 1 | xargs dirname | xargs dirname)
+    for a in $ABLATIONS; do runs+=("$(newest ablation_$a)"); done
+    python -m lit_llm.plot "$sweep"/[0-9]* --out experiments/lr_sweep.png --title "learning rate (ablation_base)"
+    python -m lit_llm.plot "$base" "${runs[@]}" --out experiments/ablations.png --title "ablations of ablation_base"
+    python -m lit_llm.plot "$(newest shakespeare)" --out experiments/nanogpt.png \
+        --title "experiment=shakespeare, ${NANOGPT_MINUTES} min on CPU"
+}
+
+if [ $# -eq 0 ]; then set -- lr ablations nanogpt plots; fi
+for study in "$@"; do "$study"; done

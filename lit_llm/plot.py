@@ -1,0 +1,228 @@
+"""``python -m lit_llm.plot RUN_DIR [RUN_DIR ...] --out curves.png``: learning curves of training runs,
+read from their TensorBoard event files, as one PNG (no notebook, no TensorBoard server).
+
+A question such as "which learning rate?" is answered by comparing runs, so the figure puts every run
+on the same axes: the validation metric (val/bpb by default, comparable across tokenizers) against
+optimizer steps, training tokens and wall-clock time (the three ways a run can be "longer"), then the
+training loss, the learning rate and the gradient norm against steps. Each run is labelled by what
+sets it apart: the Hydra overrides in ``<run>/.hydra/overrides.yaml`` that not every plotted run shares.
+It also prints a markdown table of the final and best values, ready for experiments/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PANELS = (  # (tag, x axis, title); the first three use the chosen validation metric
+    (None, "step", "{metric} vs steps"),
+    (None, "tokens", "{metric} vs training tokens"),
+    (None, "time", "{metric} vs wall time"),
+    ("train/loss", "step", "train/loss vs steps"),
+    ("lr", "step", "lr vs steps"),
+    ("grad_norm", "step", "grad_norm (before clipping) vs steps"),
+)
+X_LABELS = {"step": "optimizer step", "tokens": "training tokens", "time": "wall time (minutes)"}
+
+
+@dataclass
+class Run:
+    """One run folder: its scalars as ``tag -> [(step, seconds since the run's first event, value)]``."""
+
+    path: Path
+    overrides: list[str]
+    tokens_per_step: int | None
+    scalars: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
+    label: str = ""
+
+
+def _event_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.rglob("events.out.tfevents.*"))
+
+
+def read_scalars(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float, float]]]:
+    """Every scalar of every event file under ``run_dir``, per tag sorted by step, with wall time in
+    seconds since the earliest event of the run. Where a step was written twice (a resumed run that
+    repeats a logging step), the later write wins."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    files = _event_files(run_dir)
+    if not files:
+        raise FileNotFoundError(
+            f"{run_dir}: no TensorBoard event file (events.out.tfevents.*) in it; "
+            "was the run trained with logger=tensorboard?"
+        )
+    by_tag: dict[str, dict[int, tuple[float, float]]] = {}
+    for path in files:
+        accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})  # 0: keep every point
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            points = by_tag.setdefault(tag, {})
+            for event in accumulator.Scalars(tag):
+                if event.step not in points or event.wall_time >= points[event.step][0]:
+                    points[event.step] = (event.wall_time, event.value)
+    start = min((t for points in by_tag.values() for t, _ in points.values()), default=0.0)
+    return {
+        tag: [(step, wall - start, value) for step, (wall, value) in sorted(points.items())]
+        for tag, points in by_tag.items()
+    }
+
+
+def _load_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def tokens_per_step(config: dict[str, Any]) -> int | None:
+    """Training tokens per optimizer step from a run's composed config (``.hydra/config.yaml``):
+    batch size x context length x gradient accumulation x devices x nodes; None where unknown."""
+    try:
+        data, trainer = config["data"], config["trainer"]
+        batch, context = int(data["batch_size"]), int(config["model"]["context_length"])
+        accumulate = int(trainer.get("accumulate_grad_batches") or 1)
+        devices = trainer.get("devices", 1)
+        devices = int(devices) if isinstance(devices, int | str) and str(devices).isdigit() else 1
+        nodes = int(trainer.get("num_nodes") or 1)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return batch * context * accumulate * devices * nodes
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """A run folder of ``python -m lit_llm.train``: scalars, Hydra overrides and tokens per step."""
+    run_dir = Path(run_dir)
+    scalars = read_scalars(run_dir)
+    hydra_dir = run_dir / ".hydra"
+    overrides = _load_yaml(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").is_file() else []
+    config = _load_yaml(hydra_dir / "config.yaml") if (hydra_dir / "config.yaml").is_file() else {}
+    return Run(run_dir, [str(o) for o in overrides or []], tokens_per_step(config or {}), scalars)
+
+
+def assign_labels(runs: list[Run], labels: list[str] | None = None) -> None:
+    """Label each run by its overrides that not all runs share (``optimizer.lr=3e-3``); a run with no
+    such override (or a single run) gets its ``experiment=`` override or else its folder name."""
+    if labels is not None:
+        if len(labels) != len(runs):
+            raise ValueError(f"--labels: got {len(labels)} labels for {len(runs)} runs")
+        for run, label in zip(runs, labels, strict=True):
+            run.label = label
+        return
+    shared = set.intersection(*(set(run.overrides) for run in runs)) if len(runs) > 1 else set()
+    for run in runs:
+        distinct = [o for o in run.overrides if o not in shared] if len(runs) > 1 else []
+        experiment = [o for o in run.overrides if o.startswith("experiment=")]
+        run.label = " ".join(distinct or experiment) or f"{run.path.parent.name}/{run.path.name}"
+
+
+def _series(run: Run, tag: str, x: str) -> tuple[list[float], list[float]]:
+    points = run.scalars.get(tag, [])
+    values = [value for _, _, value in points]
+    if x == "time":
+        return [seconds / 60.0 for _, seconds, _ in points], values
+    if x == "tokens":
+        per_step = run.tokens_per_step or 0
+        return [(step + 1) * per_step for step, _, _ in points], values
+    return [step + 1 for step, _, _ in points], values  # Lightning logs step k after k+1 optimizer steps
+
+
+def make_figure(runs: list[Run], metric: str = "val/bpb", title: str | None = None):
+    """A 2 x 3 matplotlib Figure, one line per run on every panel (a run lacking a tag is skipped there)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(metric in run.scalars for run in runs):
+        available = sorted({tag for run in runs for tag in run.scalars})
+        raise ValueError(f"--metric {metric}: no run logged it; tags present: {', '.join(available)}")
+    fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.0), dpi=72)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (tag, x, panel_title) in zip(axes.flat, PANELS, strict=True):
+        tag = tag or metric
+        for i, run in enumerate(runs):
+            if x == "tokens" and not run.tokens_per_step:
+                continue
+            xs, ys = _series(run, tag, x)
+            if xs:
+                marker = "o" if tag.startswith("val/") and len(xs) <= 30 else None
+                ax.plot(xs, ys, color=colors[i % len(colors)], marker=marker, markersize=3, label=run.label)
+        ax.set_title(panel_title.format(metric=metric), fontsize=10)
+        ax.set_xlabel(X_LABELS[x], fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if tag == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(runs), 3), fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    legend_rows = -(-len(runs) // 3)
+    fig.tight_layout(rect=(0, 0.035 * legend_rows + 0.01, 1, 0.96 if title else 1))
+    return fig
+
+
+def save_png(fig, out: str | os.PathLike) -> Path:
+    """Write the figure to ``out`` through a temporary file in the same folder (never half a PNG)."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+    return out
+
+
+def results_table(runs: list[Run], metric: str = "val/bpb") -> str:
+    """Markdown: per run, the final and best value of ``metric``, steps trained and wall time."""
+    lines = [
+        f"| run | steps | final {metric} | best {metric} | wall time (min) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        points = run.scalars.get(metric, [])
+        last_step = max((step for pts in run.scalars.values() for step, _, _ in pts), default=-1) + 1
+        minutes = max((t for pts in run.scalars.values() for _, t, _ in pts), default=0.0) / 60.0
+        final = f"{points[-1][2]:.4f}" if points else "-"
+        best = f"{min(v for _, _, v in points):.4f}" if points else "-"
+        lines.append(f"| {run.label} | {last_step} | {final} | {best} | {minutes:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lit_llm.plot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (logs/<name>/<run>/), one curve each")
+    parser.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    parser.add_argument("--metric", default="val/bpb", help="validation tag to plot (default: val/bpb)")
+    parser.add_argument("--title", default=None, help="figure title")
+    parser.add_argument("--labels", nargs="+", default=None, help="one legend label per run, in order")
+    args = parser.parse_args(argv)
+    if args.out.suffix.lower() != ".png":
+        print(f"error: --out {args.out}: expected a .png file name", file=sys.stderr)
+        return 2
+    try:
+        runs = [load_run(path) for path in args.runs]
+        assign_labels(runs, args.labels)
+        out = save_png(make_figure(runs, args.metric, args.title), args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(results_table(runs, args.metric))
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
