@@ -193,7 +193,10 @@ def results_table(runs: list[Run], metric: str = "val/bpb") -> str:
     ]
     for run in runs:
         points = run.scalars.get(metric, [])
-        last_step = max((step for pts in run.scalars.values() for step, _, _ in pts), default=-1) + 1
+        # Training and validation points of step k are logged after k + 1 optimizer steps (end-of-run
+        # summaries such as hp/* are logged at the step count itself, so they are not counted).
+        trained = [step for tag in ("train/loss", metric) for step, _, _ in run.scalars.get(tag, [])]
+        last_step = max(trained, default=-1) + 1
         minutes = max((t for pts in run.scalars.values() for _, t, _ in pts), default=0.0) / 60.0
         final = f"{points[-1][2]:.4f}" if points else "-"
         best = f"{min(v for _, _, v in points):.4f}" if points else "-"
