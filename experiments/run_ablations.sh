@@ -10,7 +10,7 @@ TRAIN="python -m lit_llm.train"
 # Progress bars are for terminals; these runs log to TensorBoard (and train.log) only.
 QUIET="callbacks.progress_bar=null trainer.enable_progress_bar=false"
 ABLATIONS="no_norm post_norm nope silu_ffn tied"
-NANOGPT_MINUTES=${NANOGPT_MINUTES:-5}
+NANOGPT_MINUTES=${NANOGPT_MINUTES:-3}
 
 newest() {  # newest run folder (one holding .hydra/) under logs/$1
     ls -td logs/"$1"/*/.hydra logs/"$1"/*/*/.hydra 2>/dev/null | head -n 1 | xargs dirname
@@ -24,9 +24,9 @@ ablations() {  # one switch each, against the lr=1e-3 job of the sweep (identica
     for a in $ABLATIONS; do $TRAIN experiment=ablation_$a $QUIET; done
 }
 
-nanogpt() {  # the full shakespeare experiment, stopped by a wall-clock budget; validated every 25 steps
+nanogpt() {  # the full shakespeare experiment stopped by a wall-clock budget, validated every 10 steps
     $TRAIN experiment=shakespeare "+trainer.max_time=00:00:${NANOGPT_MINUTES}:00" \
-        trainer.val_check_interval=25 callbacks.text_samples=null $QUIET
+        trainer.val_check_interval=10 data.val_windows=64 callbacks.text_samples=null $QUIET
 }
 
 plots() {

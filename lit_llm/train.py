@@ -99,7 +99,7 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(trainer, module, datamodule) from a validated, resolved config."""
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
+    from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelSummary, ProgressBar
 
     from lit_llm.module import LanguageModelModule
     from lit_llm.run_checkpoints import AtomicCheckpointIO
@@ -116,8 +116,16 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
         trainer_kwargs["strategy"] = builder(trainer_kwargs["strategy"], "trainer.strategy")
     if builder.problems:
         raise ConfigError(builder.problems)
-    if not loggers:  # logger=none: a learning-rate monitor would refuse to start with nothing to log to
-        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    # Lightning refuses these callbacks when their feature is switched off; a switch in the trainer or
+    # logger group should just work, so drop them: no logger -> no LR monitor, and so on.
+    dropped = (
+        (LearningRateMonitor, not loggers),
+        (ProgressBar, trainer_kwargs.get("enable_progress_bar") is False),
+        (ModelSummary, trainer_kwargs.get("enable_model_summary") is False),
+    )
+    for kind, drop in dropped:
+        if drop:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, kind)]
     module = LanguageModelModule(
         model=config["model"],
         optimizer=config["optimizer"],
