@@ -25,7 +25,7 @@ ablations() {  # one switch each, against the lr=1e-3 job of the sweep (identica
 }
 
 nanogpt() {  # the full shakespeare experiment stopped by a wall-clock budget, validated every 10 steps
-    $TRAIN experiment=shakespeare "+trainer.max_time=00:00:${NANOGPT_MINUTES}:00" \
+    $TRAIN experiment=shakespeare "+trainer.max_time=$(printf '00:00:%02d:00' "$NANOGPT_MINUTES")" \
         trainer.val_check_interval=10 data.val_windows=64 callbacks.text_samples=null $QUIET
 }
 
