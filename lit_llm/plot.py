@@ -53,6 +53,12 @@ def read_scalars(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
+    if (run_dir / "multirun.yaml").is_file():  # its jobs' event files would be merged into one curve
+        jobs = sorted(p.name for p in run_dir.iterdir() if (p / ".hydra").is_dir())
+        raise ValueError(
+            f"{run_dir} is a multirun sweep folder; pass its job folders instead "
+            f"({run_dir}/{{{','.join(jobs)}}})"
+        )
     files = _event_files(run_dir)
     if not files:
         raise FileNotFoundError(

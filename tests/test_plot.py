@@ -156,6 +156,10 @@ def test_bad_input_fails_with_one_line(two_runs: list[Path], tmp_path: Path, cap
     assert plot.main([str(two_runs[0]), "--out", out, "--metric", "val/acc"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --metric val/acc: no run logged it") and "val/bpb" in err
+    sweep = two_runs[0].parent
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    assert plot.main([str(sweep), "--out", out]) == 1
+    assert "is a multirun sweep folder; pass its job folders instead" in capsys.readouterr().err
     assert plot.main([str(two_runs[0]), "--out", str(tmp_path / "x.pdf")]) == 2
     assert "expected a .png" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
