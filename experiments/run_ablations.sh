@@ -3,7 +3,8 @@
 # then the plots. Run from the repository root:
 #   bash experiments/run_ablations.sh            # all studies
 #   bash experiments/run_ablations.sh lr         # one of: lr ablations nanogpt plots
-# Runs land in logs/<experiment name>/...; the plots are rebuilt from the newest run of each.
+# Runs land in logs/<experiment name>/...; the plots are rebuilt from the newest run of each. The
+# 250-step ablations of the README are the same experiments with the overrides given there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRAIN="python -m lit_llm.train"
@@ -29,15 +30,17 @@ nanogpt() {  # the full shakespeare experiment stopped by a wall-clock budget, v
         trainer.val_check_interval=10 data.val_windows=64 callbacks.text_samples=null $QUIET
 }
 
-plots() {
+plots() {  # the figures of experiments/README.md, from the newest run of each experiment
     local sweep base runs=()
     sweep=$(ls -td logs/ablation_base/multirun_* | head -n 1)
-    base=$(grep -lx -- "- optimizer.lr=0.001" "$sweep"/*/.hydra/overrides.yaml | head -n 1 | xargs dirname | xargs dirname)
-    for a in $ABLATIONS; do runs+=("$(newest ablation_$a)"); done
-    python -m lit_llm.plot "$sweep"/[0-9]* --out experiments/lr_sweep.png --title "learning rate (ablation_base)"
-    python -m lit_llm.plot "$base" "${runs[@]}" --out experiments/ablations.png --title "ablations of ablation_base"
-    python -m lit_llm.plot "$(newest shakespeare)" --out experiments/nanogpt.png \
-        --title "experiment=shakespeare, ${NANOGPT_MINUTES} min on CPU"
+    base=$(dirname "$(dirname "$(grep -lx -- "- optimizer.lr=0.001" "$sweep"/*/.hydra/overrides.yaml | head -n 1)")")
+    for a in $ABLATIONS; do
+        if [ -n "$(newest ablation_$a)" ]; then runs+=("$(newest ablation_$a)"); fi
+    done
+    python -m lit_llm.plot "$sweep"/[0-9]* --out experiments/lr_sweep.png \
+        --title "learning rate sweep: ablation_base (2000 steps)"
+    python -m lit_llm.plot "$base" "${runs[@]}" --out experiments/ablations_2000steps.png \
+        --title "ablations of ablation_base, 2000 steps"
 }
 
 if [ $# -eq 0 ]; then set -- lr ablations nanogpt plots; fi

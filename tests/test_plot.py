@@ -98,6 +98,11 @@ def test_labels_are_the_overrides_that_differ(two_runs: list[Path], tmp_path: Pa
     bare = [plot.load_run(make_run(tmp_path / "logs" / "x" / "run7", [], lr=1e-3))]
     plot.assign_labels(bare)
     assert bare[0].label == "x/run7"
+    overrides = ["experiment=ablation_base", "callbacks.progress_bar=NULL", "optimizer.lr=0.001"]
+    spelled_otherwise = make_run(tmp_path / "other", overrides, lr=1e-3)
+    mixed = [plot.load_run(p) for p in (*two_runs, spelled_otherwise)]
+    plot.assign_labels(mixed)  # 1e-3 and 0.001, null and NULL are the same value as Hydra reads them
+    assert [run.label for run in mixed] == ["optimizer.lr=1e-3", "optimizer.lr=3e-3", "optimizer.lr=0.001"]
     with pytest.raises(ValueError, match="2 runs"):
         plot.assign_labels(runs, ["only one"])
 
