@@ -14,7 +14,7 @@ ABLATIONS="no_norm post_norm nope silu_ffn tied"
 NANOGPT_MINUTES=${NANOGPT_MINUTES:-3}
 
 newest() {  # newest run folder (one holding .hydra/) under logs/$1
-    ls -td logs/"$1"/*/.hydra logs/"$1"/*/*/.hydra 2>/dev/null | head -n 1 | xargs -r dirname
+    { ls -td logs/"$1"/*/.hydra logs/"$1"/*/*/.hydra 2>/dev/null || true; } | head -n 1 | xargs -r dirname
 }
 
 lr() {  # learning-rate sweep: one Hydra multirun, three jobs in logs/ablation_base/multirun_<time>/{0,1,2}
