@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.markov_corpus import SHARED_DATA, markov_corpus_path
-from tokenizer.encode_file import _usable_cores, encode_file
+from tokenizer.encode_to_npy import _usable_cores, encode_file
 from tokenizer.tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"

@@ -10,7 +10,12 @@ non-finite guard, atomic last/best checkpoints) except text samples, which the b
 counterpart for. The timed span starts after ``--warmup`` steps and ends when the last checkpoint is on
 disk. Paths are timed in alternating rounds so that a change of machine load hits both alike.
 
-    python -m benchmarks.bench_train [--steps 90] [--warmup 10] [--rounds 3] [--skip-quickstart]
+Two clocks: wall time (what a user waits for), and the process's CPU time (both threads, the
+TensorBoard writer and progress-bar threads included). On a machine shared with other jobs the wall
+clock swings several-fold between rounds; CPU time with ``--threads 1`` (no thread pool spinning while
+descheduled) is the steady measure of the overhead Lightning adds per token.
+
+    python -m benchmarks.bench_train [--steps 90] [--warmup 10] [--rounds 3] [--threads N] [--skip-quickstart]
 """
 
 from __future__ import annotations
@@ -52,26 +57,36 @@ def quickstart_config(run_dir: Path, steps: int, val_at: int) -> dict:
         return validate_config(resolve(compose("train", overrides=overrides)))
 
 
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) since ``start``."""
+    wall, cpu = _now()
+    return wall - start[0], cpu - start[1]
+
+
 class _StartClock(Callback):
     def __init__(self, at_step: int) -> None:
         self.at_step, self.start = at_step, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.start is None and trainer.global_step == self.at_step:
-            self.start = time.perf_counter()
+            self.start = _now()
 
 
-def lightning_run(config: dict, warmup: int) -> float:
-    """Seconds from the start of step ``warmup`` until fit() returns (last checkpoint written)."""
+def lightning_run(config: dict, warmup: int) -> tuple[float, float]:
+    """(wall, CPU) seconds from the start of step ``warmup`` until fit() returns (last checkpoint written)."""
     trainer, module, datamodule = build(config)
     clock = _StartClock(warmup)
     trainer.callbacks.insert(0, clock)
     trainer.fit(module, datamodule=datamodule, weights_only=True)
-    return time.perf_counter() - clock.start
+    return _since(clock.start)
 
 
-def bare_run(config: dict, warmup: int, run_dir: Path) -> float:
-    """The same training as a plain PyTorch loop; seconds over the same span."""
+def bare_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, float]:
+    """The same training as a plain PyTorch loop; (wall, CPU) seconds over the same span."""
     from hydra.utils import instantiate
 
     from lit_llm.model import ModelConfig, TransformerLM
@@ -104,7 +119,7 @@ def bare_run(config: dict, warmup: int, run_dir: Path) -> float:
     batches = iter(data.train_dataloader())
     for step in range(steps):
         if step == warmup:
-            start = time.perf_counter()
+            start = _now()
         x, y = next(batches)
         loss = cross_entropy(model(x), y)
         loss.backward()
@@ -124,7 +139,7 @@ def bare_run(config: dict, warmup: int, run_dir: Path) -> float:
             assert math.isfinite(total)
             checkpoint(step + 1)
     checkpoint(steps)
-    return time.perf_counter() - start
+    return _since(start)
 
 
 def quickstart_wall_time() -> tuple[float, str, float]:
@@ -159,8 +174,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=90)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-quickstart", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"load average: {os.getloadavg()}; torch threads: {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,33 +190,35 @@ def main() -> None:
             f"{model['context_length']}, vocab {model['vocab_size']}; batch {data['batch_size']}; "
             f"{args.steps} steps, timed from step {args.warmup} ({tokens} tokens)"
         )
-        results: dict[str, list[float]] = {"bare PyTorch loop": [], "lit_llm.train (Lightning)": []}
+        names = ("bare PyTorch loop", "lit_llm.train (Lightning)")
+        results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
         for round_ in range(args.rounds):
-            for name in results:
+            for name in names:
                 run_dir = Path(tmp) / f"{name.split()[0]}-{round_}"
                 config["paths"]["output_dir"] = str(run_dir)
                 for node in config["callbacks"].values():
                     if node and "dirpath" in node:
                         node["dirpath"] = str(run_dir / "checkpoints")
                 config["logger"]["tensorboard"]["save_dir"] = str(run_dir)
-                seconds = (
-                    bare_run(config, args.warmup, run_dir)
-                    if name.startswith("bare")
-                    else lightning_run(config, args.warmup)
+                run = bare_run(config, args.warmup, run_dir) if name.startswith("bare") else None
+                wall, cpu = run or lightning_run(config, args.warmup)
+                results[name]["wall"].append(tokens / wall)
+                results[name]["cpu"].append(tokens / cpu)
+                print(
+                    f"  round {round_ + 1}: {name:<26} {tokens / wall:9.0f} tokens/s (wall), "
+                    f"{tokens / cpu:9.0f} tokens per CPU-second"
                 )
-                results[name].append(tokens / seconds)
-                print(f"  round {round_ + 1}: {name:<26} {tokens / seconds:9.0f} tokens/s")
-    for name, values in results.items():
-        print(f"{name}: median {statistics.median(values):.0f} tokens/s over {len(values)} rounds")
-    ratios = [ours / ref for ref, ours in zip(*results.values(), strict=True)]
-    listed = ", ".join(f"{r:.3f}" for r in ratios)
-    print(f"per-round ratio Lightning/bare: {listed}; median {statistics.median(ratios):.3f}")
-    best = {name: max(values) for name, values in results.items()}
-    ours, ref = best["lit_llm.train (Lightning)"], best["bare PyTorch loop"]
-    print(
-        f"best of {args.rounds}: Lightning {ours:.0f} tokens/s, bare loop {ref:.0f} tokens/s, "
-        f"ratio {ours / ref:.3f} (target >= 0.95)"
-    )
+    bare, ours = (results[name] for name in names)
+    for clock, unit in (("wall", "tokens/s (wall clock)"), ("cpu", "tokens per CPU-second")):
+        ratios = [o / b for b, o in zip(bare[clock], ours[clock], strict=True)]
+        print(
+            f"{unit}: bare median {statistics.median(bare[clock]):.0f} best {max(bare[clock]):.0f}; "
+            f"Lightning median {statistics.median(ours[clock]):.0f} best {max(ours[clock]):.0f}; "
+            f"ratio of medians {statistics.median(ours[clock]) / statistics.median(bare[clock]):.3f}, "
+            f"of bests {max(ours[clock]) / max(bare[clock]):.3f}, per round "
+            + ", ".join(f"{r:.3f}" for r in ratios)
+            + " (target >= 0.95)"
+        )
     print(f"load average: {os.getloadavg()}")
     if not args.skip_quickstart:
         seconds, summary, entropy = quickstart_wall_time()

@@ -152,7 +152,7 @@ def load_tokens(
     path: str | os.PathLike, tokenizer: Tokenizer, *, num_workers: int | None = None
 ) -> np.ndarray:
     """A ``.npy`` token array (memory-mapped), or a UTF-8 text file encoded with ``tokenizer``."""
-    from tokenizer.encode_file import encode_file
+    from tokenizer.encode_to_npy import encode_file
 
     path = Path(path)
     if not path.is_file():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gpt2_reference import EOT, gpt2_files_present, ours_gpt2
 
-from tokenizer.encode_file import encode_file, meta_path_for
+from tokenizer.encode_to_npy import encode_file, meta_path_for
 from tokenizer.tokenizer import Tokenizer
 
 needs_gpt2 = pytest.mark.skipif(not gpt2_files_present(), reason="../shared/data/gpt2_*.* absent")

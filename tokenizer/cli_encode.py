@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --chunk-mb {args.chunk_mb}: expected a positive size", file=sys.stderr)
         return 2
 
-    from tokenizer.encode_file import encode_file, meta_path_for
+    from tokenizer.encode_to_npy import encode_file, meta_path_for
     from tokenizer.tokenizer import Tokenizer
 
     try:

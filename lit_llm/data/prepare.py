@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lit_llm.data import download, synthetic
 from tokenizer.bpe import train_bpe
-from tokenizer.encode_file import encode_file
+from tokenizer.encode_to_npy import encode_file
 from tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
