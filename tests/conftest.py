@@ -29,3 +29,19 @@ def shared_file():
         return path
 
     return get
+
+
+@pytest.fixture
+def seeded_single_thread():
+    """Seed torch and run on one intra-op thread (restored afterwards).
+
+    Unit-test tensors are tiny: a second thread brings nothing, and on a loaded machine intra-op threads
+    waiting for each other can make a step 30x slower.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)

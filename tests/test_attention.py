@@ -9,16 +9,7 @@ import torch.nn.functional as F
 import lit_llm.model.attention as attention_mod
 from lit_llm.model import MultiHeadSelfAttention, RotaryEmbedding, scaled_dot_product_attention
 
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tensors here are tiny: a second thread brings nothing, and on a loaded machine intra-op threads
-    # waiting for each other can make a step 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
 def _random_mask(*shape: int) -> torch.Tensor:

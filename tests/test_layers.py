@@ -19,16 +19,7 @@ from lit_llm.model import (
     softmax,
 )
 
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tensors here are tiny: a second thread brings nothing, and on a loaded machine intra-op threads
-    # waiting for each other can make a step 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
 def test_linear_matches_f_linear_and_its_gradients():

@@ -12,16 +12,7 @@ from torch import nn
 
 from lit_llm.optim import AdamW, clip_grad_norm, warmup_cosine
 
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tensors here are tiny: a second thread brings nothing, and on a loaded machine intra-op threads
-    # waiting for each other can make a step 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
 def _model() -> nn.Module:
