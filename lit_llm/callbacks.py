@@ -135,7 +135,6 @@ class TokenThroughput(Callback):
         self._window_start = None
 
 
-@torch.no_grad()
 def sample_tokens(
     model: torch.nn.Module,
     prompt_ids: Sequence[int],
@@ -146,23 +145,26 @@ def sample_tokens(
     generator: torch.Generator,
     stop_id: int | None = None,
 ) -> list[int]:
-    """Greedy (temperature 0) or temperature sampling, one token at a time over the last
-    ``context_length`` tokens. No KV cache: this only has to show, at each validation, what the model
-    writes (lit_llm.generate is the fast, full-featured sampler). Returns the new ids only."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # (1, seq)
+    """Greedy (temperature 0) or temperature sampling of one continuation through
+    ``lit_llm.generate.generate_ids``; the prompt keeps its last ``context_length`` tokens. Full forwards,
+    no KV cache: every rank runs the same forwards, as a sharded (FSDP) model needs. Returns the new ids
+    only, up to (not including) ``stop_id``."""
+    from lit_llm.generate import generate_ids
+
     new: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = model(ids[:, -context_length:])[0, -1].float().cpu()  # (vocab,)
-        if temperature == 0:
-            next_id = int(torch.argmax(logits))
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            next_id = int(torch.multinomial(probs, 1, generator=generator))
-        if next_id == stop_id:
+    steps = generate_ids(
+        model,
+        list(prompt_ids)[-context_length:],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        use_cache=False,
+        generator=generator,
+    )
+    for next_ids in steps:  # (1,) per step
+        token_id = int(next_ids[0])
+        if token_id == stop_id:
             break
-        new.append(next_id)
-        ids = torch.cat([ids, torch.tensor([[next_id]], device=device)], dim=1)
+        new.append(token_id)
     return new
 
 
@@ -189,8 +191,8 @@ class TextSamples(Callback):
         if trainer.sanity_checking or tokenizer is None or not self.prompts:
             return
         eot = getattr(trainer.datamodule, "eot_id", None)
-        generator = torch.Generator().manual_seed(self.seed)
         model = pl_module.model
+        generator = torch.Generator(next(model.parameters()).device).manual_seed(self.seed)
         was_training = model.training
         model.eval()
         samples = []
