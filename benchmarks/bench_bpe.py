@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.markov_corpus import SHARED_DATA, markov_corpus_path
+from benchmarks.markov_corpus import SOURCE_DIR, markov_corpus_path
 from tokenizer.io import bytes_to_unicode
 
 EOT = "<|endoftext|>"
@@ -152,8 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     cases = [
-        ("corpus.en", SHARED_DATA / "corpus.en", 500),
-        ("tinyshakespeare.txt", SHARED_DATA / "tinyshakespeare.txt", 10000),
+        ("corpus.en", SOURCE_DIR / "corpus.en", 500),
+        ("tinyshakespeare.txt", SOURCE_DIR / "tinyshakespeare.txt", 10000),
         (f"Markov {args.mb:g} MB", markov_corpus_path(args.mb), 10000),
     ]
     for name, path, vocab_size in cases:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.markov_corpus import SHARED_DATA, markov_corpus_path
+from benchmarks.markov_corpus import SOURCE_DIR, markov_corpus_path
 from tokenizer.encode_to_npy import _usable_cores, encode_file
 from tokenizer.tokenizer import Tokenizer
 
@@ -35,7 +35,7 @@ def timed(fn):
 
 
 def ours() -> Tokenizer:
-    return Tokenizer.from_files(SHARED_DATA / "gpt2_vocab.json", SHARED_DATA / "gpt2_merges.txt", [EOT])
+    return Tokenizer.from_files(SOURCE_DIR / "gpt2_vocab.json", SOURCE_DIR / "gpt2_merges.txt", [EOT])
 
 
 def tiktoken_gpt2(tok: Tokenizer):
@@ -52,7 +52,7 @@ def hf_gpt2():
     from tokenizers import models, pre_tokenizers
 
     hf = HFTokenizer(
-        models.BPE.from_file(str(SHARED_DATA / "gpt2_vocab.json"), str(SHARED_DATA / "gpt2_merges.txt"))
+        models.BPE.from_file(str(SOURCE_DIR / "gpt2_vocab.json"), str(SOURCE_DIR / "gpt2_merges.txt"))
     )
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.add_special_tokens([EOT])

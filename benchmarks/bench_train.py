@@ -42,7 +42,7 @@ from lit_llm.optim import AdamW, clip_grad_norm
 from lit_llm.train import build
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "lit_llm" / "configs"
+CONFIGS = REPO / "configs"
 
 
 def quickstart_config(run_dir: Path, steps: int, val_at: int) -> dict:

@@ -21,7 +21,8 @@ from pathlib import Path
 import regex
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The two source texts are small and committed as test fixtures, so the corpus can be made in any clone.
+SOURCE_DIR = REPO_ROOT / "tests" / "fixtures"
 DEFAULT_SOURCES = ("tinyshakespeare.txt", "corpus.en")
 DEFAULT_CACHE = REPO_ROOT / "artifacts" / "corpora"
 EOT = "<|endoftext|>"
@@ -55,10 +56,10 @@ def write_markov_corpus(
     story_words: tuple[int, int] = (150, 600),
 ) -> Path:
     """Write about ``n_bytes`` of Markov-chain text to ``out_path`` (atomically) and return the path."""
-    src_paths = [Path(p) for p in sources] if sources else [SHARED_DATA / s for s in DEFAULT_SOURCES]
+    src_paths = [Path(p) for p in sources] if sources else [SOURCE_DIR / s for s in DEFAULT_SOURCES]
     for p in src_paths:
         if not p.is_file():
-            raise FileNotFoundError(f"markov corpus source {p} not found (expected ../shared/data)")
+            raise FileNotFoundError(f"markov corpus source {p} not found (expected in tests/fixtures/)")
     words, table = _transition_table([p.read_text(encoding="utf-8") for p in src_paths])
     rng = random.Random(seed)
     newline_id = words.index("\n")

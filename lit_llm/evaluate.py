@@ -200,7 +200,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-@hydra.main(config_path="configs", config_name="evaluate", version_base=None)
+@hydra.main(config_path="pkg://lit_llm.configs", config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     try:

@@ -212,7 +212,7 @@ def run(cfg: dict[str, Any]) -> Path:
     )
 
 
-@hydra.main(config_path="configs", config_name="export", version_base=None)
+@hydra.main(config_path="pkg://lit_llm.configs", config_name="export", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
         out = run(OmegaConf.to_container(cfg, resolve=True))

@@ -293,7 +293,7 @@ def run(cfg: dict) -> None:
         out.flush()
 
 
-@hydra.main(config_path="configs", config_name="generate", version_base=None)
+@hydra.main(config_path="pkg://lit_llm.configs", config_name="generate", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
         run(OmegaConf.to_container(cfg, resolve=True))

@@ -1,7 +1,7 @@
 """``python -m lit_llm.train [experiment=NAME] [key=value ...]``: one command from a dataset name to a
 trained, logged, resumable model.
 
-The config (lit_llm/configs/, composed by Hydra) is validated first, so a typo fails in about a second
+The config (configs/, composed by Hydra) is validated first, so a typo fails in about a second
 naming the key. Then: the data module (download, tokenizer, token arrays: cached), the
 LanguageModelModule, callbacks and loggers are built from their groups and handed to a Lightning
 Trainer whose accelerator/devices/strategy/precision come from the trainer group.
@@ -176,7 +176,7 @@ def _is_user_error(exc: BaseException) -> bool:
     return callbacks is not None and isinstance(exc, callbacks.NonFiniteLossError)
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://lit_llm.configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
         train(validate_config(cfg))

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real text in ../shared/data (skipped with a reason where it is absent)."""
+"""Shared fixtures: the real texts in tests/fixtures/ (committed, so a fresh clone runs every test)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,22 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The folder ../shared/data; tests that need real text skip where a fresh clone lacks it."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is absent (real-text fixtures live beside the repo, see README)")
-    return SHARED_DATA
+def fixtures_dir() -> Path:
+    """The folder tests/fixtures/ (see its README.md for the source and licence of each file)."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")
-def shared_file():
-    """``shared_file("corpus.en")``: one file of ../shared/data, or a skip naming it."""
+def fixture_file():
+    """``fixture_file("corpus.en")``: one file of tests/fixtures/; a missing one is an error, never a skip."""
 
     def get(name: str) -> Path:
-        path = SHARED_DATA / name
-        if not path.is_file():
-            pytest.skip(f"{path} is absent (real-text fixtures live beside the repo, see README)")
+        path = FIXTURES / name
+        assert path.is_file(), f"{path} is missing: tests/fixtures/ is part of the repository"
         return path
 
     return get

@@ -1,4 +1,4 @@
-"""Independent references for GPT-2's tokenizer, built offline from ../shared/data.
+"""Independent references for GPT-2's tokenizer, built offline from tests/fixtures/.
 
 * ``tiktoken_gpt2()``: tiktoken's Rust encoder with GPT-2's ranks, read from ``gpt2_vocab.json`` by
   undoing GPT-2's byte -> character table (written out here again, not imported from our code).
@@ -18,9 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-VOCAB = SHARED_DATA / "gpt2_vocab.json"
-MERGES = SHARED_DATA / "gpt2_merges.txt"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+VOCAB = FIXTURES / "gpt2_vocab.json"
+MERGES = FIXTURES / "gpt2_merges.txt"
 EOT = "<|endoftext|>"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 TEXT_FILES = (
@@ -45,9 +45,6 @@ FRAGMENTS = [
     *["!", "?!", " ...", "<|", "|>", "<|endoftext", "endoftext|>", "\ufffd", "$", " (", ")."],
 ]
 
-
-def gpt2_files_present() -> bool:
-    return VOCAB.is_file() and MERGES.is_file()
 
 
 def _gpt2_char_to_byte() -> dict[str, int]:

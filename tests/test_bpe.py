@@ -76,13 +76,13 @@ def check_against_naive(path, vocab_size, special_tokens, **kwargs):
     "name, vocab_size",
     [("corpus.en", 1000), ("tinystories_sample.txt", 500), ("german.txt", 400), ("address.txt", 400)],
 )
-def test_matches_naive_on_real_text(shared_file, name, vocab_size):
-    check_against_naive(shared_file(name), vocab_size, [EOT])
+def test_matches_naive_on_real_text(fixture_file, name, vocab_size):
+    check_against_naive(fixture_file(name), vocab_size, [EOT])
 
 
 @pytest.mark.slow
-def test_matches_naive_on_tinyshakespeare(shared_file):
-    result = check_against_naive(shared_file("tinyshakespeare.txt"), 1000, [EOT], num_workers=2)
+def test_matches_naive_on_tinyshakespeare(fixture_file):
+    result = check_against_naive(fixture_file("tinyshakespeare.txt"), 1000, [EOT], num_workers=2)
     assert len(result.merges) == 1000 - 257
 
 
@@ -146,8 +146,8 @@ def test_stops_early_when_no_pair_is_left(tmp_path):
     assert len(vocab) == 258
 
 
-def test_result_does_not_depend_on_workers_or_chunks(shared_file):
-    path = shared_file("tinystories_200k.txt")
+def test_result_does_not_depend_on_workers_or_chunks(fixture_file):
+    path = fixture_file("tinystories_200k.txt")
     reference = train(path, 800, [EOT], num_workers=1, chunk_bytes=1 << 30)
     for workers, chunk_bytes in [(2, 4096), (3, 1000), (2, 97)]:
         result = train(path, 800, [EOT], num_workers=workers, chunk_bytes=chunk_bytes)

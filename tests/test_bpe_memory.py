@@ -29,7 +29,7 @@ def import_baseline_mb() -> float:
 
 
 @pytest.mark.slow
-def test_peak_memory_on_a_100_mb_file(shared_data):
+def test_peak_memory_on_a_100_mb_file(fixtures_dir):
     small = run(OURS, markov_corpus_path(10), 1000, workers=WORKERS)["peak_tree_mb"]
     large_run = run(OURS, markov_corpus_path(100), 1000, workers=WORKERS)
     large, baseline = large_run["peak_tree_mb"], import_baseline_mb()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpt2_reference import EOT, gpt2_files_present, ours_gpt2
+from gpt2_reference import EOT, ours_gpt2
 
 from tokenizer.cli_encode import main
 from tokenizer.tokenizer import Tokenizer
@@ -43,10 +43,9 @@ def test_encodes_a_file(tmp_path, tiny_dir, capsys):
     assert json.loads((tmp_path / "o.meta.json").read_text())["tokenizer_hash"] == tok.fingerprint
 
 
-@pytest.mark.skipif(not gpt2_files_present(), reason="../shared/data/gpt2_*.* absent")
-def test_module_entry_point_with_workers(tmp_path, shared_file):
+def test_module_entry_point_with_workers(tmp_path, fixture_file):
     tok_dir = ours_gpt2().save(tmp_path / "gpt2")
-    src = shared_file("tinystories_sample.txt")
+    src = fixture_file("tinystories_sample.txt")
     cmd = [sys.executable, "-m", "tokenizer", "encode", "--tokenizer", tok_dir, "--input", src]
     cmd += ["--output", tmp_path / "s.npy", "--workers", "2", "--chunk-mb", "0.001"]
     done = subprocess.run([str(c) for c in cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)

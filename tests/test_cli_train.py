@@ -23,8 +23,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_train_saves_what_train_bpe_learned(shared_file, tmp_path, capsys):
-    path = shared_file("tinystories_sample.txt")
+def test_train_saves_what_train_bpe_learned(fixture_file, tmp_path, capsys):
+    path = fixture_file("tinystories_sample.txt")
     out = tmp_path / "tok"
     code, stdout, stderr = run(
         capsys, "--input", path, "--vocab-size", 400, "--special-token", EOT, "--out", out
@@ -54,9 +54,9 @@ def test_train_saves_what_train_bpe_learned(shared_file, tmp_path, capsys):
     assert "pre-tokenizing" in stderr and "merging" in stderr  # the progress display's final state
 
 
-def test_python_m_tokenizer_train(shared_file, tmp_path):
+def test_python_m_tokenizer_train(fixture_file, tmp_path):
     out = tmp_path / "tok"
-    args = ["--input", shared_file("german.txt"), "--vocab-size", "300", "--out", out, "--workers", "1"]
+    args = ["--input", fixture_file("german.txt"), "--vocab-size", "300", "--out", out, "--workers", "1"]
     proc = subprocess.run(
         [sys.executable, "-m", "tokenizer", "train", *map(str, args)],
         capture_output=True,

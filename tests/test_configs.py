@@ -1,4 +1,4 @@
-"""The real configs (lit_llm/configs/) composed as Hydra composes them for `python -m lit_llm.train`:
+"""The real configs (configs/) composed as Hydra composes them for `python -m lit_llm.train`:
 every experiment and hardware choice is valid, the TinyStories experiment is the documented base
 configuration, and bad values fail at start-up with one line per bad key, before Lightning is imported."""
 
@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lit_llm.config_validation import ConfigError, config_problems, resolve, validate_config
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "lit_llm" / "configs"
+CONFIGS = REPO / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 DATASET_EXPERIMENTS = ["owt", "quickstart", "shakespeare", "tinystories"]  # one per dataset, named like it
 TRAINERS = sorted(p.stem for p in (CONFIGS / "trainer").glob("*.yaml"))

@@ -199,9 +199,9 @@ def test_registry_names_the_well_known_sources():
     assert urls["shakespeare"][0].endswith("karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
 
 
-def test_pinned_shakespeare_checksum_matches_the_shared_copy(shared_file):
+def test_pinned_shakespeare_checksum_matches_the_fixture(fixture_file):
     (remote,) = dl.DATASETS["shakespeare"]
-    path = shared_file("tinyshakespeare.txt")
+    path = fixture_file("tinyshakespeare.txt")
     assert path.stat().st_size == remote.size
     assert dl.sha256_file(path) == remote.sha256
 

@@ -7,25 +7,20 @@ import json
 
 import numpy as np
 import pytest
-from gpt2_reference import EOT, gpt2_files_present, ours_gpt2
+from gpt2_reference import EOT, ours_gpt2
 
 from tokenizer.encode_to_npy import encode_file, meta_path_for
 from tokenizer.tokenizer import Tokenizer
 
-needs_gpt2 = pytest.mark.skipif(not gpt2_files_present(), reason="../shared/data/gpt2_*.* absent")
 
 
 @pytest.fixture(scope="module")
 def markov_1mb():
     from benchmarks.markov_corpus import markov_corpus_path
 
-    try:
-        return markov_corpus_path(1)
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    return markov_corpus_path(1)
 
 
-@needs_gpt2
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_equals_encode_for_any_number_of_workers(tmp_path, markov_1mb, workers):
     tok = ours_gpt2()
@@ -38,21 +33,19 @@ def test_equals_encode_for_any_number_of_workers(tmp_path, markov_1mb, workers):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.meta.json", "train.npy"]
 
 
-@needs_gpt2
 @pytest.mark.parametrize("name", ["tinystories_sample.txt", "german.txt", "tinyshakespeare.txt"])
-def test_equals_encode_on_real_text_with_tiny_chunks(tmp_path, shared_file, name):
+def test_equals_encode_on_real_text_with_tiny_chunks(tmp_path, fixture_file, name):
     tok = ours_gpt2()
-    path = shared_file(name)
+    path = fixture_file(name)
     chunk = 256 if path.stat().st_size < 10_000 else 1 << 15
     n = encode_file(path, tmp_path / "x.npy", tok, num_workers=2, chunk_bytes=chunk, progress=False)
     assert np.load(tmp_path / "x.npy").tolist() == tok.encode(path.read_text(encoding="utf-8"))
     assert n > 0
 
 
-@needs_gpt2
-def test_meta_json_describes_the_array_and_its_source(tmp_path, shared_file):
+def test_meta_json_describes_the_array_and_its_source(tmp_path, fixture_file):
     tok = ours_gpt2()
-    src = shared_file("tinystories_sample.txt")
+    src = fixture_file("tinystories_sample.txt")
     n = encode_file(src, tmp_path / "valid.npy", tok, num_workers=1, progress=True)
     meta = json.loads(meta_path_for(tmp_path / "valid.npy").read_text())
     size = src.stat().st_size
@@ -116,13 +109,12 @@ def test_invalid_utf8_names_the_byte_and_leaves_nothing_behind(tmp_path, workers
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 
-@needs_gpt2
-def test_replaces_an_existing_output_atomically(tmp_path, shared_file):
+def test_replaces_an_existing_output_atomically(tmp_path, fixture_file):
     tok = ours_gpt2()
     out = tmp_path / "t.npy"
     np.save(out, np.arange(5, dtype=np.uint16))
     meta_path_for(out).write_text('{"n_tokens": 5}')
-    n = encode_file(shared_file("german.txt"), out, tok, num_workers=1, progress=False)
+    n = encode_file(fixture_file("german.txt"), out, tok, num_workers=1, progress=False)
     assert np.load(out).shape == (n,)
     assert json.loads(meta_path_for(out).read_text())["n_tokens"] == n
-    assert EOT not in shared_file("german.txt").read_text(encoding="utf-8")
+    assert EOT not in fixture_file("german.txt").read_text(encoding="utf-8")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from gpt2_reference import EOT, MERGES, TEXT_FILES, VOCAB, gpt2_files_present, ours_gpt2, tiktoken_gpt2
+from gpt2_reference import EOT, MERGES, TEXT_FILES, VOCAB, ours_gpt2, tiktoken_gpt2
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tokenizer import io
 from tokenizer.tokenizer import Tokenizer
 
-needs_gpt2 = pytest.mark.skipif(not gpt2_files_present(), reason="../shared/data/gpt2_*.* absent")
 TRICKY = (
     "Don't   stop\n\n  \t 2024 \u3000caf\u00e9 \U0001f600\U0001f600 e\u0301 \u4f60\u597d!! 'll\r\n\x0b \xa0x"
 )
@@ -28,7 +27,6 @@ def test_bytes_to_unicode_is_a_printable_bijection():
     assert io.bytes_to_unicode()[0] == "\u0100"
 
 
-@needs_gpt2
 def test_bytes_to_unicode_matches_gpt2s_vocab():
     vocab = json.loads(VOCAB.read_text(encoding="utf-8"))
     single_bytes = {token for token, i in vocab.items() if i < 256}
@@ -41,7 +39,6 @@ def test_token_str_round_trip(token):
     assert " " not in io.token_to_str(token)
 
 
-@needs_gpt2
 def test_read_gpt2_files_equal_tiktoken_ranks():
     vocab = io.read_vocab_json(VOCAB)
     merges = io.read_merges_txt(MERGES, vocab)
@@ -132,7 +129,6 @@ def test_merges_file_tolerates_header_blank_lines_and_crlf(tmp_path):
     assert io.read_merges_txt(path, vocab) == [(b"a", b"b")]
 
 
-@needs_gpt2
 def test_from_files_names_the_vocab_file_for_a_missing_special_token():
     with pytest.raises(
         ValueError, match=r"gpt2_vocab.json: special token '<\|pad\|>' is not in the vocabulary"
@@ -143,9 +139,9 @@ def test_from_files_names_the_vocab_file_for_a_missing_special_token():
 # ----- Hugging Face tokenizer.json ---------------------------------------------------------------
 
 
-def _texts(shared_data) -> list[str]:
+def _texts(fixtures_dir) -> list[str]:
     """The shared texts, Tiny Shakespeare cut to 200 kB: HF's encoder runs at ~1.5 MB/s."""
-    return [TRICKY] + [(shared_data / n).read_text(encoding="utf-8")[:200_000] for n in TEXT_FILES]
+    return [TRICKY] + [(fixtures_dir / n).read_text(encoding="utf-8")[:200_000] for n in TEXT_FILES]
 
 
 def _hf_from(tmp_path, tok: Tokenizer):
@@ -162,17 +158,15 @@ def _assert_hf_equal(hf, tok: Tokenizer, text: str, *, decode: bool = True):
         assert hf.decode(ids, skip_special_tokens=False) == text
 
 
-@needs_gpt2
-def test_hf_tokenizer_json_encodes_like_ours_with_gpt2s_vocab(tmp_path, shared_data):
+def test_hf_tokenizer_json_encodes_like_ours_with_gpt2s_vocab(tmp_path, fixtures_dir):
     tok = ours_gpt2()
     hf = _hf_from(tmp_path, tok)
-    for text in _texts(shared_data):
+    for text in _texts(fixtures_dir):
         _assert_hf_equal(hf, tok, text)
     _assert_hf_equal(hf, tok, TRICKY + EOT + EOT + " x" + EOT)
 
 
-@needs_gpt2
-def test_split_pre_tokenizer_with_our_pattern_is_equivalent(tmp_path, shared_data):
+def test_split_pre_tokenizer_with_our_pattern_is_equivalent(tmp_path, fixtures_dir):
     """Why tokenizer.json keeps ByteLevel(use_regex=True): an explicit Split on GPT-2's pattern followed
     by ByteLevel(use_regex=False) splits exactly alike, on real text and on the tricky cases."""
     from gpt2_reference import GPT2_PATTERN
@@ -188,19 +182,19 @@ def test_split_pre_tokenizer_with_our_pattern_is_equivalent(tmp_path, shared_dat
         ],
     }
     split = HFTokenizer.from_str(json.dumps(spec))
-    for text in _texts(shared_data):
+    for text in _texts(fixtures_dir):
         assert split.encode(text).ids == ours.encode(text).ids
 
 
-def test_hf_tokenizer_json_with_a_trained_vocab(tmp_path, shared_file, shared_data):
+def test_hf_tokenizer_json_with_a_trained_vocab(tmp_path, fixture_file, fixtures_dir):
     from tokenizer.bpe import train_bpe
 
     specials = [EOT, "<|pad token|>", "<|\u00e9t\u00e9|>"]
-    vocab, merges = train_bpe(shared_file("corpus.en"), 600, specials, num_workers=1)
+    vocab, merges = train_bpe(fixture_file("corpus.en"), 600, specials, num_workers=1)
     tok = Tokenizer(vocab, merges, specials)
     hf = _hf_from(tmp_path, tok)
     assert hf.get_vocab_size() == tok.vocab_size == 600
-    for text in _texts(shared_data):
+    for text in _texts(fixtures_dir):
         _assert_hf_equal(hf, tok, text)
     _assert_hf_equal(hf, tok, TRICKY + "<|pad token|>" + EOT)
     # HF's ByteLevel *decoder* maps an added token's non-ASCII characters through the byte table too

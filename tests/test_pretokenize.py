@@ -65,8 +65,8 @@ def test_count_pretokens_matches_the_definition(text, special_tokens):
 
 
 @pytest.mark.parametrize("name", ["corpus.en", "german.txt", "address.txt", "tinystories_sample.txt"])
-def test_count_pretokens_on_real_text(shared_file, name):
-    text = shared_file(name).read_bytes().decode("utf-8")
+def test_count_pretokens_on_real_text(fixture_file, name):
+    text = fixture_file(name).read_bytes().decode("utf-8")
     assert count_pretokens(text, [EOT]) == reference_counts(text, [EOT])
 
 
@@ -105,8 +105,8 @@ def test_text_without_ascii_is_cut_too(tmp_path):
     assert count_file(path, [], num_workers=2, chunk_bytes=64).counts == reference_counts(text, [])
 
 
-def test_chunk_ranges_tile_the_file(shared_file):
-    path = shared_file("tinystories_200k.txt")
+def test_chunk_ranges_tile_the_file(fixture_file):
+    path = fixture_file("tinystories_200k.txt")
     size = path.stat().st_size
     with open(path, "rb") as f:
         ranges = chunk_ranges(f, size, [EOT], chunk_bytes=4096)
@@ -124,8 +124,8 @@ def _write(tmp_path, name: str, data: bytes):
 
 @pytest.mark.parametrize("num_workers", [1, 2, 3])
 @pytest.mark.parametrize("chunk_bytes", [7, 100, 4096])
-def test_count_file_independent_of_workers_and_chunks(shared_file, tmp_path, num_workers, chunk_bytes):
-    files = [shared_file("tinystories_sample.txt"), shared_file("german.txt"), shared_file("address.txt")]
+def test_count_file_independent_of_workers_and_chunks(fixture_file, tmp_path, num_workers, chunk_bytes):
+    files = [fixture_file("tinystories_sample.txt"), fixture_file("german.txt"), fixture_file("address.txt")]
     files += [
         _write(tmp_path, "one_line.txt", ("word, " * 300).encode()),  # no newline at all
         _write(tmp_path, "crlf.txt", ("Line one.\r\n  Two\t\r\n\r\n" * 40).encode()),

@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
-CONFIGS = REPO / "lit_llm" / "configs"
+CONFIGS = REPO / "configs"
 
 
 def code_blocks(language: str) -> list[str]:
@@ -38,7 +38,7 @@ def test_every_config_choice_named_exists(group: str) -> None:
     assert not missing, f"README names {group} configs that do not exist: {missing}"
 
 
-def test_self_contained_python_examples_run(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_self_contained_python_examples_run(fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The model example and the GPT-2 tokenizer example (they need only ../shared/data)."""
     monkeypatch.chdir(REPO)
     runnable = [b for b in code_blocks("python") if "TransformerLM" in b or "gpt2_vocab.json" in b]

@@ -12,7 +12,6 @@ from gpt2_reference import (
     FRAGMENTS,
     GPT2_PATTERN,
     TEXT_FILES,
-    gpt2_files_present,
     ours_gpt2,
     tiktoken_gpt2,
 )
@@ -21,17 +20,15 @@ from hypothesis import strategies as st
 
 from tokenizer.tokenizer import Tokenizer
 
-needs_gpt2 = pytest.mark.skipif(not gpt2_files_present(), reason="../shared/data/gpt2_*.* absent")
 
 texts = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=30).map("".join)
 with_eot = st.lists(st.one_of(texts, st.just(EOT)), max_size=6).map("".join)
 quick = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@needs_gpt2
 @pytest.mark.parametrize("name", TEXT_FILES)
-def test_ids_equal_tiktoken_on_real_text(shared_file, name):
-    text = shared_file(name).read_text(encoding="utf-8")
+def test_ids_equal_tiktoken_on_real_text(fixture_file, name):
+    text = fixture_file(name).read_text(encoding="utf-8")
     ids = ours_gpt2().encode(text)
     assert ids == tiktoken_gpt2().encode(text, allowed_special="all")
     assert ours_gpt2().decode(ids) == text
@@ -39,7 +36,6 @@ def test_ids_equal_tiktoken_on_real_text(shared_file, name):
         assert ids == tiktoken_gpt2().encode_ordinary(text)
 
 
-@needs_gpt2
 @quick
 @given(texts)
 def test_ids_equal_tiktoken_on_unicode_strings(text):
@@ -49,7 +45,6 @@ def test_ids_equal_tiktoken_on_unicode_strings(text):
     assert ours_gpt2().encode(text, allowed_special="none") == tiktoken_gpt2().encode_ordinary(text)
 
 
-@needs_gpt2
 @quick
 @given(st.text())
 def test_ids_equal_tiktoken_on_any_code_points(text):
@@ -58,7 +53,6 @@ def test_ids_equal_tiktoken_on_any_code_points(text):
     assert ours_gpt2().decode(ids) == text
 
 
-@needs_gpt2
 @quick
 @given(with_eot)
 def test_endoftext_inserted_anywhere(text):
@@ -72,7 +66,6 @@ def test_endoftext_inserted_anywhere(text):
     assert tok.encode(text, allowed_special=set()) == ref.encode_ordinary(text)
 
 
-@needs_gpt2
 def test_long_pre_tokens_match_tiktoken():
     """Long pre-tokens go through the heap merge (and are not cached); a quadratic merge would crawl."""
     tok, ref = ours_gpt2(), tiktoken_gpt2()
@@ -80,14 +73,12 @@ def test_long_pre_tokens_match_tiktoken():
         assert tok.encode(text) == ref.encode_ordinary(text)
 
 
-@needs_gpt2
 def test_lone_surrogates_become_replacement_characters_as_in_tiktoken():
     tok, ref = ours_gpt2(), tiktoken_gpt2()
     for text in ["a\ud800b", "\udfff", "x \ud83d\ude00 y"]:
         assert tok.encode(text) == ref.encode(text)
 
 
-@needs_gpt2
 def test_decode_invalid_utf8_becomes_replacement_character():
     tok = ours_gpt2()
     emoji = tok.encode("\U0001f600")  # 4 bytes, several tokens
@@ -101,7 +92,6 @@ def test_decode_invalid_utf8_becomes_replacement_character():
         tok.decode([-1])
 
 
-@needs_gpt2
 def test_allowed_special_modes():
     tok = ours_gpt2()
     text = f"a{EOT}b"
@@ -194,9 +184,7 @@ def test_constructor_rejects_bad_vocabularies():
 
 
 def test_cache_stays_bounded_and_results_do_not_change():
-    tok = ours_gpt2() if gpt2_files_present() else None
-    if tok is None:
-        pytest.skip("GPT-2 files absent")
+    tok = ours_gpt2()
     small = Tokenizer(tok.vocab, tok.merges, tok.special_tokens, cache_size=50)
     text = " ".join(f"word{i} w{i * 7}x" for i in range(500))
     assert small.encode(text) == tok.encode(text)

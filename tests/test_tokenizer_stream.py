@@ -6,14 +6,13 @@ import itertools
 import tracemalloc
 
 import pytest
-from gpt2_reference import EOT, FRAGMENTS, gpt2_files_present, ours_gpt2
+from gpt2_reference import EOT, FRAGMENTS, ours_gpt2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokenizer.splitting import CUT_RE, straddles
 from tokenizer.tokenizer import Tokenizer
 
-pytestmark = pytest.mark.skipif(not gpt2_files_present(), reason="../shared/data/gpt2_*.* absent")
 
 pieces_of_text = st.lists(st.sampled_from([*FRAGMENTS, EOT, EOT + EOT, "\n" + EOT + "\n"]), max_size=60).map(
     "".join
@@ -23,8 +22,8 @@ quick = settings(max_examples=200, deadline=None, suppress_health_check=[HealthC
 
 @pytest.mark.parametrize("name", ["tinyshakespeare.txt", "tinystories_sample.txt", "corpus.en", "german.txt"])
 @pytest.mark.parametrize("buffer_chars", [64, 1 << 16])
-def test_lines_of_a_file_encode_like_the_whole_file(shared_file, name, buffer_chars):
-    path = shared_file(name)
+def test_lines_of_a_file_encode_like_the_whole_file(fixture_file, name, buffer_chars):
+    path = fixture_file(name)
     tok = ours_gpt2()
     with open(path, encoding="utf-8", newline="") as f:
         streamed = list(tok.encode_iterable(f, buffer_chars=buffer_chars))
@@ -71,8 +70,8 @@ def _peak_bytes(tok: Tokenizer, lines: list[str], copies: int) -> int:
         tracemalloc.stop()
 
 
-def test_memory_stays_flat_as_the_input_grows(shared_file):
-    text = shared_file("tinyshakespeare.txt").read_text(encoding="utf-8")[:300_000]
+def test_memory_stays_flat_as_the_input_grows(fixture_file):
+    text = fixture_file("tinyshakespeare.txt").read_text(encoding="utf-8")[:300_000]
     lines = text.splitlines(keepends=True)
     tok = ours_gpt2()
     tok.encode(text)  # warm the pre-token cache, so that only the streaming state is measured

@@ -6,7 +6,6 @@ import pytest
 from gpt2_reference import (
     TEXT_FILES,
     all_characters,
-    gpt2_files_present,
     ours_gpt2,
     table,
     tiktoken_class_members,
@@ -43,8 +42,8 @@ def _split_all_ways(text: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("name", TEXT_FILES)
-def test_the_three_regexes_split_real_text_alike(shared_file, name):
-    text = shared_file(name).read_text(encoding="utf-8")
+def test_the_three_regexes_split_real_text_alike(fixture_file, name):
+    text = fixture_file(name).read_text(encoding="utf-8")
     splits = _split_all_ways(text)
     assert all(s == splits[0] for s in splits)
     assert "".join(splits[0]) == text
@@ -66,7 +65,6 @@ def test_the_ascii_regex_splits_like_the_full_one(text):
     assert len(splits) == 3 and all(s == splits[0] for s in splits)
 
 
-@pytest.mark.skipif(not gpt2_files_present(), reason="../shared/data/gpt2_*.* absent")
 def test_ids_equal_tiktoken_across_the_whole_code_space():
     """Every 8th code point, in runs of 1 to 6 separated by spaces or newlines: 140k characters."""
     from gpt2_reference import tiktoken_gpt2

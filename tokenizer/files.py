@@ -1,0 +1,247 @@
+"""The project's one set of file primitives: atomic writes, JSON, file hashes, progress bars, ``EOT``.
+
+Everything lit-llm writes (tokenizers, token arrays, corpora, caches, checkpoints, exports, plots) goes
+through :func:`atomic_write` or :func:`replace_dir`, so after a crash a reader sees either the old file
+or the complete new one, never half of it:
+
+1. write to a temporary name *in the same folder* (``os.replace`` is atomic only within one filesystem),
+2. flush and ``fsync`` the file (its bytes are on disk before its name is),
+3. ``os.replace`` it over the final name, then ``fsync`` the folder (the rename itself is durable).
+
+Temporary names carry the writer's PID (``.NAME.tmp-PID-RANDOM``), so :func:`sweep_stale_temps` can
+remove the leftovers of processes that are no longer alive without touching a live writer's file.
+
+It lives in ``tokenizer`` because that is the lowest layer: ``lit_llm`` builds on ``tokenizer``, never the
+other way round. Only the standard library is imported at module level (``rich`` lazily), so forked
+tokenizer workers stay small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+# The document separator of GPT-2 and of every corpus here: the one definition of it.
+EOT = "<|endoftext|>"
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A fresh hidden name beside ``path``: ``.NAME.tmp-PID-RANDOM`` (same folder, so same filesystem)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename inside ``folder`` durable (no-op where the platform cannot fsync a folder)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
+    """``with atomic_write(path, "w", encoding="utf-8") as f: ...``: ``path`` appears complete or not at all.
+
+    The temporary file is removed on any failure (an exception, ``KeyboardInterrupt``); only a kill -9
+    can leave one behind, and :func:`sweep_stale_temps` removes it later.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write: mode {mode!r}, expected 'w' or 'wb'")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        # "x": never clobber an existing file; default permissions (mkstemp's would be 0600).
+        with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Pretty, key-sorted-as-given JSON with a final newline, written atomically."""
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Parse ``path``; a missing or malformed file is a one-line ``ValueError`` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {path}: not valid JSON ({e})") from None
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` a copy of ``src`` atomically: a hard link where the filesystem allows (instant; a
+    later ``os.replace`` of ``src`` gives it a new inode and leaves ``dst`` intact), else a byte copy."""
+    src, dst = Path(src), Path(dst)
+    tmp = temp_path(dst)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(dst.parent)
+
+
+@contextlib.contextmanager
+def building_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """``with building_dir(out) as tmp: <fill tmp>``: then ``tmp`` replaces ``out`` in one rename.
+
+    A folder of several files (a tokenizer, an export, a corpus) is thereby complete or absent: a kill
+    while it is filled leaves only a hidden temporary folder, never a half-filled ``out``. An existing
+    ``out`` is replaced only once the new one is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            if child.is_file():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+        fsync_dir(tmp)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put the complete folder ``tmp`` at ``final``. A folder cannot be renamed over a non-empty one,
+    so an old ``final`` is first renamed aside (one rename each way), then removed."""
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = temp_path(final)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders (``.NAME.tmp-PID-*``) in ``folder`` whose writer is dead."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for child in folder.iterdir():
+        match = _TEMP_RE.match(child.name)
+        if match is None or _pid_alive(int(match["pid"])):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                child.unlink()
+        removed.append(child)
+    return removed
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ProgressBar:
+    """One rich progress bar on stderr, or nothing when ``enabled`` is false.
+
+    ``unit="bytes"`` shows MB and MB/s (downloads, encoding); ``unit="items"`` shows ``n/total``.
+    ``with ProgressBar(total, "encoding train.txt", enabled) as bar: bar.advance(n)``.
+    """
+
+    def __init__(
+        self, total: int | None, description: str, enabled: bool = True, unit: str = "items"
+    ) -> None:
+        if unit not in ("bytes", "items"):
+            raise ValueError(f"ProgressBar: unit {unit!r}, expected 'bytes' or 'items'")
+        self._progress = self._task = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        counts = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            *counts,
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._task = self._progress.add_task(description, total=total)
+
+    def __enter__(self) -> ProgressBar:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
