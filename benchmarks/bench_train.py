@@ -35,6 +35,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
 
+from lit_llm.config_schema import SchedulerConfig
 from lit_llm.config_validation import resolve, validate_config
 from lit_llm.losses import cross_entropy
 from lit_llm.module import parameter_groups, schedule_factor
@@ -102,7 +103,7 @@ def bare_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, float]:
     groups = parameter_groups(model, opt_cfg["weight_decay"])
     optimizer = AdamW(groups, lr=opt_cfg["lr"], betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"])
     lr, min_lr = opt_cfg["lr"], sched_cfg["min_lr"]
-    warm, cycle = sched_cfg["warmup_iters"], sched_cfg["cosine_cycle_iters"]
+    warm, cycle = SchedulerConfig(**sched_cfg).warmup_steps, sched_cfg["cosine_cycle_iters"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda k: schedule_factor(k, lr, min_lr, warm, cycle)
     )

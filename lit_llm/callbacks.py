@@ -306,9 +306,25 @@ class LogStepProgressBar(RichProgressBar):
             self._shown, self._shown_step = super().get_metrics(trainer, pl_module), step
         return self._shown
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        # Training is max_steps steps of an endless stream: Lightning's "Epoch 0/-2" would be noise.
-        return "train"
+    # Training is max_steps steps of an endless stream: Lightning's "Epoch 0/-2" would be noise, so the
+    # training bar is renamed once the stock hooks have created it.
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._name_train_bar()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        missing = self.train_progress_bar_id is None  # the stock hook creates it on a mid-epoch resume
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if missing:
+            self._name_train_bar()
+
+    def _name_train_bar(self) -> None:
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            style = self.theme.description  # styled the way the stock bar styles its descriptions
+            name = f"[{style}]train" if style else "train"
+            self.progress.update(self.train_progress_bar_id, description=name)
 
 
 class FinalMetricsHparams(Callback):

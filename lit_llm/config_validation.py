@@ -4,22 +4,27 @@ Hydra refuses unknown keys given on the command line, but not typos inside YAML 
 with ``+key=...``, and it checks no values. Failing here, before any data is prepared or any process
 is launched, turns an hour-later crash into one line naming the key, its value and what was expected.
 
-Two passes, so that the common mistakes are reported in about a second: ``config_problems`` checks
-the groups we own (keys and values) without importing Lightning; ``target_problems`` then checks that
-every ``_target_`` (data module, callbacks, loggers, strategy) and every trainer key exists, which
-needs the classes imported.
+The keys, types and ranges are those of the schema (``lit_llm.config_schema``); this module only
+applies it to each group and adds what no single group can see. Two passes, so that the common
+mistakes are reported in about a second: ``config_problems`` checks the schema without importing
+Lightning; ``target_problems`` then checks that every ``_target_`` (data module, callbacks, loggers,
+strategy) and every other trainer key exists, which needs the classes imported. What Lightning
+validates itself (accelerator, devices, strategy, precision, ...) it checks when ``lit_llm.train``
+builds the Trainer, before any data work; ``trainer_problem`` turns its refusal into one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
-import math
-from collections.abc import Callable
+import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from lit_llm.config_schema import GROUPS, DataConfig, RunConfig
 
 
 class ConfigError(ValueError):
@@ -30,89 +35,23 @@ class ConfigError(ValueError):
         super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-TOP_LEVEL = {
-    "data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths",
-    "name", "seed", "ckpt_path", "compile", "matmul_precision",
-}  # fmt: skip
-PATHS = {"root_dir", "data_dir", "artifacts_dir", "log_dir", "output_dir"}
+TARGET_GROUPS = ("callbacks", "logger")  # mappings of name -> a node with a _target_ (or null: dropped)
+TOP_LEVEL = {f.name for f in dataclasses.fields(RunConfig)} | set(GROUPS) | set(TARGET_GROUPS)
+OPEN_GROUPS = {"trainer"}  # may hold any other Trainer argument (checked against its signature)
 # Set by train.py itself; in the trainer group they would silently fight with the callbacks/logger groups.
 TRAINER_RESERVED = {"callbacks", "logger", "plugins", "default_root_dir", "enable_checkpointing"}
-PRECISIONS = {
-    "64-true",
-    "64",
-    "32-true",
-    "32",
-    "16-mixed",
-    "16",
-    "bf16-mixed",
-    "bf16",
-    "16-true",
-    "bf16-true",
-}
-ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps", "tpu"}
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-# (check, what was expected) per key of the groups whose every key is known here.
-Rule = tuple[Callable[[Any], bool], str]
-OPTIMIZER: dict[str, Rule] = {
-    "lr": (lambda v: _number(v) and v > 0, "a positive number"),
-    "betas": (
-        lambda v: isinstance(v, list | tuple) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
-        "two numbers in [0, 1)",
-    ),
-    "eps": (lambda v: _number(v) and v > 0, "a positive number"),
-    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "decay_norms": (lambda v: isinstance(v, bool), "true or false"),
-    "decay_embeddings": (lambda v: isinstance(v, bool), "true or false"),
-}
-SCHEDULER: dict[str, Rule] = {
-    "warmup_iters": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "cosine_cycle_iters": (lambda v: _int(v) and v >= 1, "a positive integer"),
-    "min_lr": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-}
-TRAINER: dict[str, Rule] = {
-    "max_steps": (lambda v: _int(v) and v >= 1, "a positive integer"),
-    "accumulate_grad_batches": (lambda v: _int(v) and v >= 1, "a positive integer"),
-    "log_every_n_steps": (lambda v: _int(v) and v >= 1, "a positive integer"),
-    "gradient_clip_val": (lambda v: v is None or (_number(v) and v > 0), "a positive number or null"),
-    "val_check_interval": (
-        lambda v: v is None or (_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
-        "a positive integer (batches) or a fraction in (0, 1]",
-    ),
-    "precision": (lambda v: str(v) in PRECISIONS, "one of " + ", ".join(sorted(PRECISIONS))),
-    "accelerator": (lambda v: v in ACCELERATORS, "one of " + ", ".join(sorted(ACCELERATORS))),
-    "devices": (
-        lambda v: (
-            v == "auto" or v == -1 or (_int(v) and v >= 1) or (isinstance(v, list) and all(map(_int, v)))
-        ),
-        "a positive integer, -1, 'auto' or a list of device ids",
-    ),
-    "num_nodes": (lambda v: _int(v) and v >= 1, "a positive integer"),
-}
-TOP: dict[str, Rule] = {
-    "seed": (_int, "an integer"),
-    "compile": (lambda v: isinstance(v, bool), "true or false"),
-    "name": (lambda v: isinstance(v, str) and v != "" and "/" not in v, "a non-empty name without '/'"),
-    "ckpt_path": (
-        lambda v: v is None or (isinstance(v, str) and v != ""),
-        "null, 'last' or a checkpoint path",
-    ),
-    "matmul_precision": (lambda v: v in ("highest", "high", "medium"), "highest, high or medium"),
-}
+# The Trainer arguments Lightning checks itself, named first when its message names one of them.
+LIGHTNING_CHECKED = ("precision", "accelerator", "strategy", "devices", "num_nodes")
 
 
 def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """The config as plain containers with every ``${...}`` resolved; a broken reference is a ConfigError."""
+    """The config as plain containers with every ``${...}`` resolved; a broken reference or a value left
+    at ``???`` is a ConfigError."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError([f"{key}: missing (it has no default: set {key}=...)" for key in missing])
     try:
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
@@ -120,44 +59,31 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         raise ConfigError([f"{key}: {str(exc).splitlines()[0]}"]) from None
 
 
-def _check_rules(node: Any, path: str, rules: dict[str, Rule], *, closed: bool, problems: list[str]) -> None:
-    if not isinstance(node, dict):
-        problems.append(f"{path}: expected a mapping of keys, got {node!r}")
-        return
-    for key, (check, expected) in rules.items():
-        if key not in node:
-            if closed:
-                problems.append(f"{path}.{key}: missing (expected {expected})")
-        elif not check(node[key]):
-            problems.append(f"{path}.{key}={node[key]!r}: expected {expected}")
-    if closed:
-        for key in node:
-            if key not in rules:
-                problems.append(f"{path}.{key}: unknown key (expected one of {', '.join(rules)})")
-
-
-def _valid(node: Any, key: str, rules: dict[str, Rule]) -> bool:
-    return isinstance(node, dict) and key in node and rules[key][0](node[key])
-
-
-def _model_problems(model: Any) -> list[str]:
-    from lit_llm.model import ModelConfig
-
-    if not isinstance(model, dict):
-        return [f"model: expected a mapping of ModelConfig fields, got {model!r}"]
-    fields = ModelConfig.__dataclass_fields__
+def schema_problems(
+    schema: type, values: Any, path: str, *, open_keys: bool = False
+) -> tuple[Any | None, list[str]]:
+    """(``schema(**values)`` or None, one line per problem): unknown keys (unless ``open_keys``),
+    missing keys, and the schema's own checks of every value, each prefixed with ``path``."""
+    prefix = f"{path}." if path else ""
+    if not isinstance(values, dict):
+        return None, [f"{path}: expected a mapping of {schema.__name__} fields, got {values!r}"]
+    fields = {f.name: f for f in dataclasses.fields(schema)}
     problems = [
-        f"model.{k}: unknown key (expected one of {', '.join(fields)})" for k in model if k not in fields
+        f"{prefix}{key}: unknown key (expected one of {', '.join(fields)})"
+        for key in values
+        if key not in fields and not open_keys
     ]
+    required = [n for n, f in fields.items() if dataclasses.MISSING is f.default is f.default_factory]
+    missing = [
+        f"{prefix}{key}: missing ({schema.__name__} has no default)" for key in required if key not in values
+    ]
+    if missing:
+        return None, problems + missing
     try:
-        ModelConfig(**{k: v for k, v in model.items() if k in fields})
-    except TypeError as exc:  # a required field is missing
-        problems.append(f"model: {exc}")
-    except ValueError as exc:
-        # ModelConfig reports one "  field=value: expected ..." line per bad field.
+        return schema(**{k: v for k, v in values.items() if k in fields}), problems
+    except ValueError as exc:  # one "  field=value: expected ..." line per bad field
         lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-        problems += [f"model.{line}" for line in lines] or [f"model: {exc}"]
-    return problems
+        return None, problems + ([prefix + line for line in lines] or [f"{path}: {exc}"])
 
 
 def config_problems(config: dict[str, Any]) -> list[str]:
@@ -167,37 +93,22 @@ def config_problems(config: dict[str, Any]) -> list[str]:
         for k in config
         if k not in TOP_LEVEL
     ]
-    for key, (check, expected) in TOP.items():
-        if key in config and not check(config[key]):
-            problems.append(f"{key}={config[key]!r}: expected {expected}")
-    problems += _model_problems(config.get("model"))
-    _check_rules(config.get("optimizer"), "optimizer", OPTIMIZER, closed=True, problems=problems)
-    _check_rules(config.get("scheduler"), "scheduler", SCHEDULER, closed=True, problems=problems)
-    _check_rules(config.get("trainer"), "trainer", TRAINER, closed=False, problems=problems)
-    paths = config.get("paths") or {}
-    problems += [
-        f"paths.{k}: unknown key (expected one of {', '.join(sorted(PATHS))})"
-        for k in paths
-        if k not in PATHS
-    ]
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
+    problems += schema_problems(RunConfig, {k: v for k, v in config.items() if k in run_keys}, "")[1]
+    built: dict[str, Any] = {}
+    for group, schema in GROUPS.items():
+        values = config.get(group)
+        if group == "data" and isinstance(values, dict) and values.get("_target_") != DataConfig._target_:
+            continue  # another data module: its keys are checked against its signature (target_problems)
+        built[group], found = schema_problems(schema, values, group, open_keys=group in OPEN_GROUPS)
+        problems += found
+    problems += _cross_group_problems(built)
 
-    opt, sched = config.get("optimizer") or {}, config.get("scheduler") or {}
-    if _valid(opt, "lr", OPTIMIZER) and _valid(sched, "min_lr", SCHEDULER) and sched["min_lr"] > opt["lr"]:
-        problems.append(f"scheduler.min_lr={sched['min_lr']!r}: expected <= optimizer.lr={opt['lr']!r}")
-    if (
-        _valid(sched, "warmup_iters", SCHEDULER)
-        and _valid(sched, "cosine_cycle_iters", SCHEDULER)
-        and sched["warmup_iters"] >= sched["cosine_cycle_iters"]
-    ):
-        problems.append(
-            f"scheduler.warmup_iters={sched['warmup_iters']!r}: expected < scheduler.cosine_cycle_iters="
-            f"{sched['cosine_cycle_iters']!r} (which defaults to trainer.max_steps)"
-        )
     trainer = config.get("trainer") or {}
     for key in sorted(TRAINER_RESERVED & set(trainer)):
-        owner = "the callbacks/logger groups" if key in ("callbacks", "logger") else "the training script"
+        owner = "the callbacks/logger groups" if key in TARGET_GROUPS else "the training script"
         problems.append(f"trainer.{key}: set by {owner}, not in the trainer group")
-    for group in ("callbacks", "logger"):
+    for group in TARGET_GROUPS:
         for name, node in (config.get(group) or {}).items():
             if node is not None and not (isinstance(node, dict) and "_target_" in node):
                 problems.append(
@@ -206,6 +117,26 @@ def config_problems(config: dict[str, Any]) -> list[str]:
     data = config.get("data")
     if not (isinstance(data, dict) and "_target_" in data):
         problems.append("data: expected a mapping with a _target_ class (pick one with data=<name>)")
+    return problems
+
+
+def _cross_group_problems(built: dict[str, Any]) -> list[str]:
+    """What no single group can check: each shared value against the group it comes from."""
+    problems = []
+    optimizer, scheduler = built.get("optimizer"), built.get("scheduler")
+    if optimizer and scheduler and scheduler.min_lr > optimizer.lr:
+        problems.append(f"scheduler.min_lr={scheduler.min_lr!r}: expected <= optimizer.lr={optimizer.lr!r}")
+    model, data = built.get("model"), built.get("data")
+    if model and data and data.vocab_size > model.vocab_size:
+        problems.append(
+            f"model.vocab_size={model.vocab_size!r}: expected >= data.vocab_size={data.vocab_size!r} "
+            "(every token id must have an embedding; model.vocab_size follows data.vocab_size unless set)"
+        )
+    if model and data and data.context_length > model.context_length:
+        problems.append(
+            f"data.context_length={data.context_length!r}: expected <= model.context_length="
+            f"{model.context_length!r} (data.context_length follows model.context_length unless set)"
+        )
     return problems
 
 
@@ -244,7 +175,7 @@ def target_problems(config: dict[str, Any]) -> list[str]:
     import lightning.pytorch as pl
 
     problems = _target_node_problems(config["data"], "data")
-    for group in ("callbacks", "logger"):
+    for group in TARGET_GROUPS:
         for name, node in (config.get(group) or {}).items():
             if node is not None:
                 problems += _target_node_problems(node, f"{group}.{name}")
@@ -269,3 +200,21 @@ def validate_config(cfg: DictConfig | dict[str, Any], *, check_targets: bool = T
         if problems:
             raise ConfigError(problems)
     return config
+
+
+def trainer_problem(exc: BaseException, trainer: dict[str, Any]) -> str:
+    """One line for Lightning's refusal of the trainer arguments, naming the key its message names (or,
+    if none, the arguments Lightning checks), e.g. ``trainer.precision='bf17': Precision 'bf17' is
+    invalid. Allowed precision values: ...``."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    keys = [
+        *(k for k in LIGHTNING_CHECKED if k in trainer),
+        *(k for k in trainer if k not in LIGHTNING_CHECKED),
+    ]
+    # The most explicit mention wins: "devices=0" or "`devices`", then the bare word ("Precision 'bf17'").
+    for pattern in (r"\b{}=", r"`{}`", r"\b{}\b"):
+        for key in keys:
+            if re.search(pattern.format(re.escape(key)), message, flags=re.IGNORECASE):
+                return f"trainer.{key}={trainer[key]!r}: {message}"
+    shown = ", ".join(f"{k}={trainer[k]!r}" for k in LIGHTNING_CHECKED if k in trainer)
+    return f"trainer ({shown}): {message}"

@@ -17,19 +17,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lit_llm import cli
+from lit_llm.data.batch import windows
 from lit_llm.losses import cross_entropy
 from lit_llm.model import TransformerLM
+from tokenizer.files import write_json
 from tokenizer.tokenizer import Tokenizer
 
 
@@ -85,13 +85,12 @@ def evaluate(
     batches = [plan[i : i + batch_size] for i in range(0, len(plan), batch_size)]
     with _Progress(len(plan), progress) as advance:
         for batch in batches:
-            # (B, L + 1): contiguous slices of a memory-mapped array read only the pages they need
-            block = np.stack([tokens[start : start + length + 1] for start, _ in batch]).astype(np.int64)
-            block = torch.from_numpy(block).to(device)
-            logits = model(block[:, :-1])  # (B, L, vocab)
+            x, y = windows(tokens, np.array([start for start, _ in batch]), length)  # (B, L) each
+            x, y = x.to(device), y.to(device)
+            logits = model(x)  # (B, L, vocab)
             for row, (_, first) in enumerate(batch):
                 count = length - first
-                loss = cross_entropy(logits[row, first:], block[row, first + 1 :])
+                loss = cross_entropy(logits[row, first:], y[row, first:])
                 total_nats += float(loss) * count  # float64 on the host: no drift over many windows
                 scored += count
             advance(len(batch))
@@ -173,15 +172,14 @@ def load_tokens(
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    from lit_llm.checkpoint import load_model
+    from lit_llm.loading import load_model
 
-    problems = [f"{key}=PATH is required" for key in ("ckpt", "data_file") if not cfg.get(key)]
-    problems = [p.replace("data_file=", "data=") for p in problems]
+    problems = [f"{key}=PATH is required" for key in ("ckpt", "data") if not cfg.get(key)]
     if problems:
         raise ValueError("; ".join(problems))
     model, tokenizer = load_model(cfg["ckpt"], tokenizer=cfg.get("tokenizer"))
     model.to(cfg.get("device") or "cpu")
-    tokens = load_tokens(cfg["data_file"], tokenizer, num_workers=cfg.get("num_workers"))
+    tokens = load_tokens(cfg["data"], tokenizer, num_workers=cfg.get("num_workers"))
     result = evaluate(
         model,
         tokens,
@@ -190,26 +188,15 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         batch_size=cfg["batch_size"],
         progress=cfg.get("progress", True),
     )
-    return {"ckpt": str(cfg["ckpt"]), "data": str(cfg["data_file"]), **result}
+    return {"ckpt": str(cfg["ckpt"]), "data": str(cfg["data"]), **result}
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-@hydra.main(config_path="pkg://lit_llm.configs", config_name="evaluate", version_base=None)
+@cli.main("evaluate")
 def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        result = run(config)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    result = run(config)
     if config.get("out"):
-        _write_json_atomic(Path(config["out"]), result)
+        write_json(config["out"], result)
     if config.get("json"):
         print(json.dumps(result))
     else:
@@ -220,12 +207,5 @@ def main(cfg: DictConfig) -> None:
         )
 
 
-def alias_data_argument(argv: list[str]) -> list[str]:
-    """``data=FILE`` -> ``data_file=FILE``. Hydra would read ``data=`` as a choice in the config group
-    data/ of the training configs, which share this config folder."""
-    return [("data_file=" + a.removeprefix("data=")) if a.startswith("data=") else a for a in argv]
-
-
 if __name__ == "__main__":
-    sys.argv = alias_data_argument(sys.argv)
     main()

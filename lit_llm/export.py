@@ -17,24 +17,20 @@ absent, never half-written.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from lit_llm.checkpoint import CONFIG_FILE, MODEL_FILE
+from lit_llm import cli
+from lit_llm.loading import CONFIG_FILE, MODEL_FILE
 from lit_llm.model import TransformerLM
+from tokenizer.files import EOT, building_dir, write_json
 from tokenizer.tokenizer import Tokenizer
 
 FORMATS = ("lit", "hf")
-EOT = "<|endoftext|>"
 
 
 def export_model(
@@ -54,22 +50,15 @@ def export_model(
             f"out={out}: exists and is not an empty folder (pass overwrite=true to replace it)"
         )
     state = hf_state_dict(model) if format == "hf" else _lit_state_dict(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    try:
+    with building_dir(out) as tmp:  # complete or absent; an existing out is replaced once this is whole
         _save_safetensors(state, tmp / MODEL_FILE)
         tokenizer.save(tmp)  # vocab.json, merges.txt, meta.json and HF's tokenizer.json
         if format == "hf":
-            _write_json(tmp / CONFIG_FILE, hf_config(model, tokenizer))
-            _write_json(tmp / "tokenizer_config.json", _hf_tokenizer_config(model, tokenizer))
-            _write_json(tmp / "generation_config.json", _hf_generation_config(tokenizer))
+            write_json(tmp / CONFIG_FILE, hf_config(model, tokenizer))
+            write_json(tmp / "tokenizer_config.json", _hf_tokenizer_config(model, tokenizer))
+            write_json(tmp / "generation_config.json", _hf_generation_config(tokenizer))
         else:
-            _write_json(tmp / CONFIG_FILE, model.config.to_dict())
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_json(tmp / CONFIG_FILE, model.config.to_dict())
     return out
 
 
@@ -182,26 +171,11 @@ def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
     )
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an existing ``out`` (overwrite) is moved aside first."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # -- command line -------------------------------------------------------------------------------------
 
 
 def run(cfg: dict[str, Any]) -> Path:
-    from lit_llm.checkpoint import load_model
+    from lit_llm.loading import load_model
 
     problems = [f"{key}=PATH is required" for key in ("ckpt", "out") if not cfg.get(key)]
     if problems:
@@ -212,14 +186,9 @@ def run(cfg: dict[str, Any]) -> Path:
     )
 
 
-@hydra.main(config_path="pkg://lit_llm.configs", config_name="export", version_base=None)
+@cli.main("export")
 def main(cfg: DictConfig) -> None:
-    try:
-        out = run(OmegaConf.to_container(cfg, resolve=True))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    print(f"exported to {out}")
+    print(f"exported to {run(OmegaConf.to_container(cfg, resolve=True))}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def count_parameters(model_or_config: nn.Module | ModelConfig, exclude_embedding
         if exclude_embeddings and not model_or_config.tie_embeddings:
             total -= counts["embedding"]
         return total
-    model = getattr(model_or_config, "_orig_mod", model_or_config)  # unwrap torch.compile
+    model = model_or_config
     total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
     embeddings = getattr(model, "token_embeddings", None)
     lm_head = getattr(model, "lm_head", None)

@@ -13,7 +13,7 @@ every step reruns the whole sequence. Both compute the same function:
   so from there on each step recomputes its window (the cache cannot be reused as a sliding window
   without changing the result).
 
-The CLI (Hydra config ``configs/generate.yaml``) streams text to the terminal as it is made.
+The CLI (Hydra config ``configs/tools/generate.yaml``) streams text to the terminal as it is made.
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from lit_llm import cli
 from lit_llm.model import TransformerLM
 from lit_llm.sampling import check_sampling_args, sample_next
+from tokenizer.files import EOT
 from tokenizer.tokenizer import Tokenizer
-
-EOT = "<|endoftext|>"
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -247,8 +246,8 @@ def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
 
 
 def run(cfg: dict) -> None:
-    """The CLI's work, from a plain config dict (see configs/generate.yaml for the keys)."""
-    from lit_llm.checkpoint import load_model
+    """The CLI's work, from a plain config dict (see configs/tools/generate.yaml for the keys)."""
+    from lit_llm.loading import load_model
 
     if not cfg.get("ckpt"):
         raise ValueError("ckpt=PATH is required (a Lightning .ckpt or a folder written by lit_llm.export)")
@@ -293,13 +292,9 @@ def run(cfg: dict) -> None:
         out.flush()
 
 
-@hydra.main(config_path="pkg://lit_llm.configs", config_name="generate", version_base=None)
+@cli.main("generate")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(OmegaConf.to_container(cfg, resolve=True))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run(OmegaConf.to_container(cfg, resolve=True))
 
 
 if __name__ == "__main__":

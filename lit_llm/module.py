@@ -6,8 +6,8 @@ schedule (stepped per optimizer step), our gradient clipping, and the validation
 ``val/loss``, ``val/ppl`` and ``val/bpb`` computed over the data module's fixed validation windows.
 
 Checkpoints carry ``hyper_parameters`` made of plain dicts only, so they load with
-``torch.load(weights_only=True)``, and the state dict is always the plain model's (``model.*`` keys),
-never a compiled wrapper's ``_orig_mod.*``.
+``torch.load(weights_only=True)``, and ``compile=True`` compiles the model in place
+(``nn.Module.compile``), so the state dict keys (``model.*``) are the same compiled or not.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 
+from lit_llm.config_schema import OptimizerConfig, SchedulerConfig
 from lit_llm.losses import cross_entropy
 from lit_llm.model import ModelConfig, TransformerLM
 from lit_llm.model.layers import Embedding
@@ -71,18 +72,10 @@ def schedule_factor(step: int, lr: float, min_lr: float, warmup_iters: int, cosi
     return warmup_cosine(step + 1, lr, min_lr, warmup_iters, cosine_cycle_iters) / lr
 
 
-def _grad_norm(params: list[Tensor]) -> Tensor:
-    """Global L2 norm of the gradients, without modifying them (clipping off)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-
-
 class LanguageModelModule(pl.LightningModule):
     """Train ``TransformerLM`` from plain config dicts (the ``model``, ``optimizer`` and ``scheduler``
-    groups of the Hydra config); see configs/optimizer/adamw.yaml and configs/scheduler/warmup_cosine.yaml
-    for the keys."""
+    groups of the Hydra config); their keys: ``ModelConfig``, and ``OptimizerConfig`` and
+    ``SchedulerConfig`` in lit_llm/config_schema.py."""
 
     def __init__(
         self,
@@ -95,10 +88,8 @@ class LanguageModelModule(pl.LightningModule):
         self.save_hyperparameters()
         self.config = ModelConfig.from_dict(dict(model))
         self.model = TransformerLM.from_config(self.config)
-        # The compiled wrapper is kept outside nn.Module's registry: registered, it would add a second
-        # copy of every weight under "_compiled._orig_mod." to the state dict. It shares the parameters.
-        compiled = torch.compile(self.model) if compile else self.model
-        object.__setattr__(self, "_compiled", compiled)
+        if compile:
+            self.model.compile()  # in place: same module, same parameter names
         self._train_loss_sum: Tensor | None = None
         self._train_loss_count = 0
         self._val_loss_sum: Tensor | None = None
@@ -106,7 +97,7 @@ class LanguageModelModule(pl.LightningModule):
 
     def forward(self, token_ids: Tensor) -> Tensor:
         """(batch, seq) int64 -> logits (batch, seq, vocab)."""
-        return self._compiled(token_ids)
+        return self.model(token_ids)
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -133,40 +124,33 @@ class LanguageModelModule(pl.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Clip with our ``clip_grad_norm`` and log the pre-clip norm as ``grad_norm`` (a tensor:
-        Lightning reads it only when it writes the logs, so there is no sync per step)."""
+        """Clip with our ``clip_grad_norm`` and log the pre-clip norm it returns as ``grad_norm`` (a
+        tensor: Lightning reads it only when it writes the logs, so there is no sync per step). Without
+        ``gradient_clip_val`` the bound is infinite: the gradients are scaled by exactly 1, and the norm
+        comes from the same function."""
         if gradient_clip_algorithm not in (None, "norm"):
             raise ValueError(
                 f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}: only 'norm' is supported"
             )
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        max_norm = gradient_clip_val if gradient_clip_val else math.inf
         if isinstance(self.trainer.strategy, FSDPStrategy):
             # Sharded gradients: the global norm needs every rank's shard, which FSDP's own
             # clip_grad_norm_ all-reduces; ours would see only this rank's shard.
-            max_norm = gradient_clip_val if gradient_clip_val else math.inf
             norm = self.trainer.strategy.model.clip_grad_norm_(max_norm)
-        elif gradient_clip_val:
-            norm = clip_grad_norm(params, gradient_clip_val)
         else:
-            norm = _grad_norm(params)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            norm = clip_grad_norm(params, max_norm)
         self.log("grad_norm", norm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = self.hparams.optimizer
-        sched = self.hparams.scheduler
-        lr = float(opt["lr"])
+        # The schema classes check every value and give warmup_fraction / warmup_iters their meaning.
+        opt = OptimizerConfig(**self.hparams.optimizer)
+        sched = SchedulerConfig(**self.hparams.scheduler)
         groups = parameter_groups(
-            self.model,
-            float(opt["weight_decay"]),
-            decay_norms=bool(opt.get("decay_norms", False)),
-            decay_embeddings=bool(opt.get("decay_embeddings", False)),
+            self.model, opt.weight_decay, decay_norms=opt.decay_norms, decay_embeddings=opt.decay_embeddings
         )
-        optimizer = AdamW(groups, lr=lr, betas=tuple(opt["betas"]), eps=float(opt["eps"]))
-        min_lr, warmup, cycle = (
-            float(sched["min_lr"]),
-            int(sched["warmup_iters"]),
-            int(sched["cosine_cycle_iters"]),
-        )
+        optimizer = AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+        lr, min_lr, warmup, cycle = opt.lr, sched.min_lr, sched.warmup_steps, sched.cosine_cycle_iters
 
         def factor(step: int) -> float:
             return schedule_factor(step, lr, min_lr, warmup, cycle)
@@ -206,9 +190,13 @@ class LanguageModelModule(pl.LightningModule):
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another model shape with one message naming what differs."""
-        problems = _shape_mismatches(checkpoint.get("state_dict", {}), self.state_dict())
-        if problems:
+        """Refuse a checkpoint of another model shape with one line naming the config fields that differ
+        and the first parameter that does not fit (``lit_llm.checkpoint.check_state_dict``)."""
+        from lit_llm.checkpoint import CheckpointError, check_state_dict
+
+        try:
+            check_state_dict("checkpoint", self.state_dict(), checkpoint.get("state_dict", {}))
+        except CheckpointError as e:
             saved = checkpoint.get("model_config") or {}
             current = self.config.to_dict()
             fields = [
@@ -216,21 +204,11 @@ class LanguageModelModule(pl.LightningModule):
                 for k in current
                 if k in saved and saved[k] != current[k]
             ]
-            detail = "; ".join(fields) if fields else "; ".join(problems[:5])
-            raise ValueError(f"checkpoint holds a model of another shape ({detail})")
+            raise ValueError(
+                f"checkpoint holds a model of another shape ({'; '.join([*fields, e.problem])})"
+            ) from None
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
-
-
-def _shape_mismatches(saved: dict[str, Tensor], current: dict[str, Tensor]) -> list[str]:
-    problems = [f"missing parameter {k}" for k in current if k not in saved]
-    problems += [f"unexpected parameter {k}" for k in saved if k not in current]
-    problems += [
-        f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(v.shape)}"
-        for k, v in current.items()
-        if k in saved and saved[k].shape != v.shape
-    ]
-    return problems
 
 
 def _rng_states() -> dict[str, Any]:

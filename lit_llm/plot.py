@@ -191,14 +191,13 @@ def save_png(fig, out: str | os.PathLike) -> Path:
     """Write the figure to ``out`` through a temporary file in the same folder (never half a PNG)."""
     import matplotlib.pyplot as plt
 
+    from tokenizer.files import atomic_write
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        with atomic_write(out, "wb") as f:
+            fig.savefig(f, format="png")
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return out
 

@@ -1,47 +1,40 @@
-"""Checkpoint files of a training run: atomic writes, and last.ckpt + best.ckpt.
+"""The Lightning side of checkpoints: ``AtomicCheckpointIO`` and ``RunCheckpoint`` (last.ckpt + best.ckpt).
+
+Both are thin: the file work is ``lit_llm.checkpoint`` (``save``: atomic; ``safe_load``: weights only,
+one-line errors) and ``tokenizer.files.copy_file``.
 
 Why not Lightning's own pieces as they are:
 - ``TorchCheckpointIO`` serialises into memory and writes through an fsspec transaction whose temporary
   file lives in the system temp folder; where that is another filesystem the final move is a copy, and
-  a crash during it leaves a truncated checkpoint. ``AtomicCheckpointIO`` writes a temporary file in the
-  checkpoint's own folder, fsyncs it and ``os.replace``s it: readers see the old file or the new one.
-  It also always loads with ``weights_only=True`` (no unpickling of code).
-- ``ModelCheckpoint`` (Lightning 2.6) writes last.ckpt only when a top-k checkpoint was written at the
-  same step, so a validation that does not improve leaves last.ckpt behind. ``RunCheckpoint`` keeps
-  the contract resume needs: last.ckpt after every validation and at the end, best.ckpt on improvement.
+  a crash during it leaves a truncated checkpoint. It also loads with whatever ``weights_only`` it is
+  given. ``AtomicCheckpointIO`` writes beside the target and always loads with ``weights_only=True``.
+- ``ModelCheckpoint(save_last=True, save_top_k=1)`` (Lightning 2.6) writes last.ckpt only at a step where
+  it also wrote a top-k checkpoint (``on_validation_end``: ``_last_global_step_saved == global_step``),
+  and at the end of training only if it never wrote one (``on_train_end``). So a validation that does
+  not improve, and the end of training, leave last.ckpt behind; resuming would lose those steps.
+  ``tests/test_checkpoint.py`` proves this against the installed Lightning. ``RunCheckpoint`` keeps the
+  contract resume needs: last.ckpt after every validation and at the end, best.ckpt on improvement.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
+
+from lit_llm.checkpoint import safe_load, save
+from tokenizer.files import copy_file
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 
 
-def _temp_beside(path: Path) -> Path:
-    """A fresh hidden name in ``path``'s folder (same filesystem, so ``os.replace`` is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform/filesystem lets a directory be fsynced
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _is_remote(path: Any) -> bool:
+    return "://" in str(path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -50,43 +43,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        if "://" in str(path):
+        if _is_remote(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_beside(path)
-        try:
-            with open(tmp, "xb") as f:  # "x": never clobber; default permissions (mkstemp's are 0600)
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+        save(checkpoint, path)
 
     def load_checkpoint(
-        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+        self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    """Make ``dst`` a copy of ``src`` atomically: a hard link when the filesystem allows (instant, and
-    a later ``os.replace`` of ``src`` gives it a new inode, leaving ``dst`` intact), else a byte copy."""
-    tmp = _temp_beside(dst)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        # weights_only is always True here, whatever the caller asks for; tensors land on the CPU
+        # (as with Lightning's default) and the strategy moves them.
+        if _is_remote(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return safe_load(path, map_location=map_location)
 
 
 class RunCheckpoint(Checkpoint):
@@ -146,7 +114,7 @@ class RunCheckpoint(Checkpoint):
         trainer.save_checkpoint(last, weights_only=False)  # False: the full training state
         if score is not None:
             if trainer.is_global_zero:
-                copy_atomic(last, best)
+                copy_file(last, best)
             trainer.strategy.barrier("RunCheckpoint.best")
         self._last_saved_step = trainer.global_step
 

@@ -2,9 +2,10 @@
 trained, logged, resumable model.
 
 The config (configs/, composed by Hydra) is validated first, so a typo fails in about a second
-naming the key. Then: the data module (download, tokenizer, token arrays: cached), the
-LanguageModelModule, callbacks and loggers are built from their groups and handed to a Lightning
-Trainer whose accelerator/devices/strategy/precision come from the trainer group.
+naming the key. Then the callbacks, loggers and the Lightning Trainer are built from their groups (the
+Trainer first, so that Lightning's own checks of accelerator/devices/strategy/precision run before any
+data work), then the data module (download, tokenizer, token arrays: cached, in ``fit``) and the
+LanguageModelModule.
 
 Everything of a run lands in logs/<name>/<timestamp>/: .hydra/ (the exact config), tensorboard/,
 checkpoints/{last,best}.ckpt. ``ckpt_path=last`` resumes from the most recently written
@@ -14,15 +15,13 @@ Set HYDRA_FULL_ERROR=1 to get tracebacks instead of one-line errors.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from lit_llm.config_validation import ConfigError, validate_config
+from lit_llm import cli
+from lit_llm.config_validation import ConfigError, trainer_problem, validate_config
 
 
 def find_last_checkpoint(experiment_dir: str | Path, exclude: str | Path | None = None) -> Path:
@@ -99,6 +98,7 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(trainer, module, datamodule) from a validated, resolved config."""
     import lightning.pytorch as pl
     import torch
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelSummary, ProgressBar
 
     from lit_llm.module import LanguageModelModule
@@ -108,7 +108,6 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(config["matmul_precision"])
     builder = _Builder()
-    datamodule = builder(config["data"], "data")
     callbacks = builder.group(config.get("callbacks"), "callbacks")
     loggers = builder.group(config.get("logger"), "logger")
     trainer_kwargs = dict(config["trainer"])
@@ -126,20 +125,28 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     for kind, drop in dropped:
         if drop:
             callbacks = [cb for cb in callbacks if not isinstance(cb, kind)]
+    # Lightning checks its own arguments (accelerator, devices, strategy, precision, ...) here, before the
+    # data module exists: a value it refuses fails in seconds, in one line naming the key. Without our
+    # checkpoint callback (callbacks.model_checkpoint=null) Lightning must not add its own.
+    try:
+        trainer = pl.Trainer(
+            **trainer_kwargs,
+            callbacks=callbacks,
+            logger=loggers or False,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=config["paths"]["output_dir"],
+            enable_checkpointing=any(isinstance(cb, Checkpoint) for cb in callbacks),
+        )
+    except (ValueError, TypeError, ImportError, MisconfigurationException) as exc:
+        raise ConfigError([trainer_problem(exc, config["trainer"])]) from None
+    datamodule = builder(config["data"], "data")
+    if builder.problems:
+        raise ConfigError(builder.problems)
     module = LanguageModelModule(
         model=config["model"],
         optimizer=config["optimizer"],
         scheduler=config["scheduler"],
         compile=config["compile"],
-    )
-    trainer = pl.Trainer(
-        **trainer_kwargs,
-        callbacks=callbacks,
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=config["paths"]["output_dir"],
-        # Without our checkpoint callback (callbacks.model_checkpoint=null) Lightning must not add its own.
-        enable_checkpointing=any(isinstance(cb, Checkpoint) for cb in callbacks),
     )
     return trainer, module, datamodule
 
@@ -167,24 +174,9 @@ def train(config: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def _is_user_error(exc: BaseException) -> bool:
-    """Bad input found once the data or a checkpoint is opened (missing file, checkpoint of another
-    shape, invalid value), or a diverged run: reported in one line like config errors."""
-    if isinstance(exc, ValueError | FileNotFoundError):
-        return True
-    callbacks = sys.modules.get("lit_llm.callbacks")  # imported only once training started
-    return callbacks is not None and isinstance(exc, callbacks.NonFiniteLossError)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://lit_llm.configs", config_name="train")
+@cli.main("train", config_path=cli.TRAIN_CONFIGS)
 def main(cfg: DictConfig) -> None:
-    try:
-        train(validate_config(cfg))
-    except Exception as exc:
-        if not _is_user_error(exc) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    train(validate_config(cfg))
 
 
 if __name__ == "__main__":

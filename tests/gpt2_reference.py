@@ -46,7 +46,6 @@ FRAGMENTS = [
 ]
 
 
-
 def _gpt2_char_to_byte() -> dict[str, int]:
     """GPT-2's ``bytes_to_unicode`` (encoder.py), inverted: printable bytes map to themselves, the
     rest to U+0100 onwards in byte order."""

@@ -1,4 +1,4 @@
-"""get_batch: shapes, shift by one, uniform coverage of start offsets, reproducibility."""
+"""get_batch and windows: shapes, shift by one, uniform coverage of start offsets, reproducibility."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lit_llm.data import get_batch
+from lit_llm.data.batch import windows
 
 
 def test_windows_are_consecutive_tokens_shifted_by_one():
@@ -59,3 +60,20 @@ def test_bad_inputs_are_reported():
         get_batch(np.zeros((4, 4), dtype=np.int64), 2, 2, "cpu")
     with pytest.raises(ValueError, match="integer token ids"):
         get_batch(np.zeros(100, dtype=np.float32), 2, 2, "cpu")
+
+
+def test_windows_cuts_the_same_windows_from_a_memmap(tmp_path):
+    # The one window function behind get_batch, the data module and evaluate: slices at the starts.
+    tokens = np.random.default_rng(0).integers(0, 50_000, size=10_000).astype(np.uint16)
+    np.save(tmp_path / "t.npy", tokens)
+    mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
+    starts = np.array([0, 17, 9_000, 10_000 - 33])
+    x, y = windows(mapped, starts, 32)
+    expected = torch.from_numpy(np.stack([tokens[s : s + 33] for s in starts]).astype(np.int64))
+    assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (4, 32)
+    assert torch.equal(x, expected[:, :-1]) and torch.equal(y, expected[:, 1:])
+    assert x.is_contiguous() and y.is_contiguous()
+    with pytest.raises(ValueError, match="window starts must lie in 0..9967"):
+        windows(mapped, np.array([10_000 - 32]), 32)  # one token short
+    with pytest.raises(ValueError, match="window starts must lie in"):
+        windows(mapped, np.array([-1]), 32)  # fancy indexing would wrap around silently

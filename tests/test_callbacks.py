@@ -220,8 +220,8 @@ def test_progress_bar_reads_metrics_only_on_logging_steps(monkeypatch) -> None:
         return original(self, trainer, pl_module)
 
     monkeypatch.setattr(RichProgressBar, "get_metrics", counting)
-    trainer = make_trainer(
-        max_steps=9, log_every_n_steps=3, enable_progress_bar=True, callbacks=[LogStepProgressBar()]
-    )
+    bar = LogStepProgressBar()
+    trainer = make_trainer(max_steps=9, log_every_n_steps=3, enable_progress_bar=True, callbacks=[bar])
     trainer.fit(make_module(), datamodule=TinyData())
     assert reads == [1, 3, 6, 9]  # the first batch, then logging steps only: not after every batch
+    assert bar.train_progress_bar.description == "train"  # not Lightning's "Epoch 0/-2"

@@ -107,6 +107,10 @@ def _bad(tmp_path, case: str) -> list:
     if case == "out is a file":
         out.write_text("not a folder")
         return base
+    if case == "out holds other files":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")  # --out is replaced whole: this would be lost
+        return [*base, "--force"]
     raise AssertionError(case)
 
 
@@ -120,6 +124,7 @@ def _bad(tmp_path, case: str) -> list:
         ("workers", "--workers 0: expected at least 1"),
         ("one-byte special", "is a single byte"),
         ("out is a file", "exists and is not a folder"),
+        ("out holds other files", "holds other files (notes.txt)"),
     ],
 )
 def test_bad_input_one_line_nothing_written(tmp_path, capsys, case, message):
@@ -129,7 +134,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, case, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
     assert stdout == ""
     out = tmp_path / "out"
-    assert not out.is_dir()
+    assert not out.is_dir() or [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_refuses_to_overwrite_a_tokenizer_unless_forced(tmp_path, capsys):

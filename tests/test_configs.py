@@ -4,6 +4,8 @@ configuration, and bad values fail at start-up with one line per bad key, before
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from lit_llm.config_schema import GROUPS, DataConfig, OptimizerConfig, SchedulerConfig, defaults
 from lit_llm.config_validation import ConfigError, config_problems, resolve, validate_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +76,7 @@ def test_tinystories_is_the_base_configuration() -> None:
     tokens = config["trainer"]["max_steps"] * data["batch_size"] * model["context_length"]
     assert 320e6 < tokens < 335e6  # ~327M tokens
     assert (config["optimizer"]["lr"], config["scheduler"]["min_lr"]) == (1e-3, 1e-4)
-    assert 0 < config["scheduler"]["warmup_iters"] < config["scheduler"]["cosine_cycle_iters"]
+    assert SchedulerConfig(**config["scheduler"]).warmup_steps == 500  # of cosine_cycle_iters = 40000
     assert compose_train("experiment=owt")["data"]["vocab_size"] == 32000
 
 
@@ -109,12 +112,16 @@ def test_debug_fast_shrinks_everything_and_a_logger_can_be_added_back() -> None:
         (["optimizer.lr=-1"], "optimizer.lr=-1: expected a positive number"),
         (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5]: expected two numbers in [0, 1)"),
         (["trainer.max_steps=0"], "trainer.max_steps=0: expected a positive integer"),
-        (["trainer.precision=bf17"], "trainer.precision='bf17': expected one of"),
         (["scheduler.min_lr=1"], "scheduler.min_lr=1: expected <= optimizer.lr=0.003"),
         (
             ["scheduler.warmup_iters=500"],
-            "scheduler.warmup_iters=500: expected < scheduler.cosine_cycle_iters=300",
+            "scheduler.warmup_iters=500: expected < cosine_cycle_iters=300",
         ),
+        (["scheduler.warmup_fraction=1.5"], "scheduler.warmup_fraction=1.5: expected a number in [0, 1)"),
+        (["data.batch_size=many"], "data.batch_size='many': expected an integer"),
+        (["model.vocab_size=100"], "model.vocab_size=100: expected >= data.vocab_size=2000"),
+        (["data.context_length=512"], "data.context_length=512: expected <= model.context_length=128"),
+        (["data.dataset=null"], "data.dataset=None: expected a string"),
         (["compile=maybe"], "compile='maybe': expected true or false"),
         (["+model.dropout=0.1"], "model.dropout: unknown key"),
         (["+optimizer.momentum=0.9"], "optimizer.momentum: unknown key"),
@@ -144,6 +151,88 @@ def test_every_problem_is_reported_at_once() -> None:
     }
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_one_override_of_the_run_length_gives_a_valid_run(experiment: str) -> None:
+    """Warmup is a fraction of the run by default, so `trainer.max_steps=10` alone is a valid run."""
+    config = validate_config(compose_train(f"experiment={experiment}", "trainer.max_steps=10"))
+    assert config["scheduler"]["warmup_iters"] is None
+    assert 0 <= SchedulerConfig(**config["scheduler"]).warmup_steps < 10
+
+
+def test_warmup_is_a_fraction_of_the_schedule_unless_given_in_steps() -> None:
+    assert SchedulerConfig(cosine_cycle_iters=300).warmup_steps == 30  # the default 10%
+    assert SchedulerConfig(cosine_cycle_iters=300, warmup_fraction=0.0).warmup_steps == 0
+    assert SchedulerConfig(cosine_cycle_iters=2, warmup_fraction=0.9).warmup_steps == 1  # always < cycle
+    # An absolute warmup_iters, when set, wins over the fraction (on the command line too).
+    assert SchedulerConfig(cosine_cycle_iters=300, warmup_iters=7).warmup_steps == 7
+    config = validate_config(compose_train("trainer.max_steps=10", "scheduler.warmup_iters=3"))
+    assert SchedulerConfig(**config["scheduler"]).warmup_steps == 3
+    assert "scheduler.warmup_iters=10: expected < cosine_cycle_iters=10" in " ".join(
+        problems_of("trainer.max_steps=10", "scheduler.warmup_iters=10")
+    )
+
+
+def test_the_schema_is_the_one_statement_of_the_keys_and_their_defaults() -> None:
+    """Without an experiment, each group composes to its schema's defaults plus the group file's own
+    values: the files restate nothing, and the data schema is the data module's argument list."""
+    config = compose_train("~experiment")
+    assert config["optimizer"] == defaults(OptimizerConfig)
+    scheduler = dict(defaults(SchedulerConfig), cosine_cycle_iters=config["trainer"]["max_steps"])
+    assert config["scheduler"] == scheduler
+    for group, schema in GROUPS.items():
+        assert set(config[group]) >= set(defaults(schema)), group
+    from lit_llm.data.datamodule import TokenWindowDataModule
+
+    arguments = set(inspect.signature(TokenWindowDataModule).parameters)
+    assert set(defaults(DataConfig)) - {"_target_"} == arguments
+
+
+def test_every_schema_field_has_a_type_and_a_docstring() -> None:
+    from lit_llm import config_schema
+
+    tree = ast.parse(inspect.getsource(config_schema))
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name.endswith("Config")]
+    assert {c.name for c in classes} >= {"OptimizerConfig", "SchedulerConfig", "DataConfig", "TrainerConfig"}
+    for cls in classes:
+        body = cls.body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign):
+                after = body[i + 1] if i + 1 < len(body) else None
+                documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                assert documented, f"{cls.name}.{node.target.id} has no docstring"
+
+
+def test_each_shared_value_has_one_owner_and_the_dataset_files_only_their_own_facts() -> None:
+    """model.vocab_size follows data.vocab_size, data.context_length follows model.context_length; the
+    dataset files read no other group and start from data/base.yaml, not from another dataset."""
+    config = compose_train("data.vocab_size=4096", "model.context_length=64")
+    assert (config["model"]["vocab_size"], config["data"]["context_length"]) == (4096, 64)
+    for path in (CONFIGS / "data").glob("*.yaml"):
+        text = path.read_text()
+        if path.stem != "base":
+            assert "${" not in text and "  - base\n" in text, path.name
+
+
+def test_lightning_checks_its_own_arguments_when_the_trainer_is_built_before_any_data_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lit_llm.data.datamodule import TokenWindowDataModule
+    from lit_llm.train import build
+
+    built = []
+    monkeypatch.setattr(TokenWindowDataModule, "__init__", lambda self, **kw: built.append(kw))
+    for overrides, expected in [
+        (["trainer.precision=bf17"], "trainer.precision='bf17': Precision 'bf17' is invalid. Allowed"),
+        (["trainer.accelerator=abacus"], "trainer.accelerator='abacus': You selected an invalid accelerator"),
+        (["trainer=cpu", "trainer.devices=0"], "trainer.devices=0: "),
+    ]:
+        config = validate_config(compose_train(*overrides, "debug=fast"))  # ours pass: Lightning's to check
+        with pytest.raises(ConfigError) as info:
+            build(config)
+        assert len(info.value.problems) == 1 and info.value.problems[0].startswith(expected), info.value
+    assert built == []
+
+
 def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("HYDRA_FULL_ERROR", None)
@@ -163,6 +252,7 @@ def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         (["model.d_model=100", "model.num_heads=3"], "model.d_model=100: expected a multiple of num_heads=3"),
         (["optimizer.lr=-1"], "optimizer.lr=-1: expected a positive number"),
         (["experiment=nope"], "Could not find 'experiment/nope'"),
+        (["trainer.precision=bf17"], "trainer.precision='bf17': Precision 'bf17' is invalid"),
     ],
 )
 def test_cli_fails_fast_with_one_line_naming_the_key(

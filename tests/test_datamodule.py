@@ -63,7 +63,8 @@ def _batches(dm, n, **trainer):
 
 def test_window_starts_pure_and_in_range():
     a = window_starts(1, 5, 0, 1000, T, 64)
-    assert np.array_equal(a, window_starts(1, 5, 0, 1000, T, 64))
+    assert np.array_equal(a, window_starts(1, 5, 0, 1000, T, 64))  # integers from the same seed: exact
+    # Another stream draws 64 starts out of 984: all 64 coinciding has probability 984^-64, i.e. never.
     assert not np.array_equal(a, window_starts(1, 5, 1, 1000, T, 64))  # other rank
     assert not np.array_equal(a, window_starts(1, 6, 0, 1000, T, 64))  # other micro-batch
     assert not np.array_equal(a, window_starts(2, 5, 0, 1000, T, 64))  # other seed
@@ -98,10 +99,12 @@ def test_ranks_draw_different_windows(dm):
     rank0 = _batches(dm, 4, global_rank=0, world_size=2)
     rank1 = _batches(dm, 4, global_rank=1, world_size=2)
     for (a, _), (b, _) in zip(rank0, rank1, strict=True):
+        # B windows drawn independently out of thousands of starts: identical batches would need every
+        # start to collide (or the text to repeat exactly there), a negligible chance.
         assert not torch.equal(a, b)
     assert all(
         torch.equal(a, b) for (a, _), (b, _) in zip(rank0, _batches(dm, 4), strict=True)
-    )  # rank 0 = single device
+    )  # rank 0 = single device (integer token ids: exact)
 
 
 def test_dataloader_workers_keep_the_order(dirs, dm):

@@ -13,7 +13,6 @@ from tokenizer.encode_to_npy import encode_file, meta_path_for
 from tokenizer.tokenizer import Tokenizer
 
 
-
 @pytest.fixture(scope="module")
 def markov_1mb():
     from benchmarks.markov_corpus import markov_corpus_path

@@ -146,8 +146,14 @@ def test_cli_writes_a_png_whose_pixels_depend_on_the_runs(
     image_both, image_a, image_b = read_png(both), read_png(only_a), read_png(only_b)
     assert image_a.shape == image_b.shape == image_both.shape and image_a.shape[0] > 100
     assert len(np.unique(image_both.reshape(-1, image_both.shape[-1]), axis=0)) > 10  # not a blank canvas
-    assert not np.array_equal(image_a, image_b)
-    assert not np.array_equal(image_a, image_both)
+
+    # Other curves must be drawn elsewhere: a clear share of pixels changes clearly, not a few bits of
+    # antialiasing (measured: 4% of pixels for a vs b and 6% for a vs both, by over a quarter of the range).
+    def changed(x: np.ndarray, y: np.ndarray) -> float:
+        return float((np.abs(x - y).max(axis=-1) > 0.25).mean())  # share of pixels
+
+    assert changed(image_a, image_b) > 0.005
+    assert changed(image_a, image_both) > 0.005
     assert not list(tmp_path.glob(".*.tmp*"))  # the temporary file was renamed, not left behind
 
 

@@ -1,6 +1,7 @@
 """Pre-tokenization for training: exact pre-token counts, wherever the file is cut and however many
-workers count it. The reference is the plain definition: GPT-2's regex over the whole text, after
-cutting out the special tokens."""
+workers count it. The reference is the encoder's own splitting of the whole text (special tokens cut
+out, then ``splitting.pretokenize``), on text drawn from all of Unicode: a tokenizer is trained on
+exactly the segmentation it is applied with (which tests/test_tokenizer*.py check against tiktoken)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ from itertools import pairwise
 from unittest import mock
 
 import pytest
-import regex
+from gpt2_reference import FRAGMENTS as TRICKY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenizer import pretokenize
+from tokenizer import pretokenize, splitting
 from tokenizer.pretokenize import (
-    GPT2_PATTERN,
-    WHITESPACE,
+    Workers,
     chunk_ranges,
     count_file,
     count_pretokens,
@@ -30,12 +30,16 @@ EOT = "<|endoftext|>"
 
 
 def reference_counts(text: str, special_tokens: list[str]) -> Counter[str]:
-    """GPT-2 pre-tokens of the whole text, special tokens (longest first) cut out beforehand."""
-    pieces = [text]
-    if special_tokens:
-        alternatives = "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
-        pieces = regex.split(alternatives, text)
-    return Counter(t for piece in pieces for t in regex.findall(GPT2_PATTERN, piece))
+    """The encoder's pre-tokens of the whole text: what ``Tokenizer.encode`` splits it into."""
+    special_re = splitting.special_regex(special_tokens)
+    pieces = special_re.split(text)[::2] if special_re else [text]  # odd positions: the tokens
+    return Counter(t for piece in pieces for t in splitting.pretokenize(piece))
+
+
+def find(raw: bytes, pos: int, special_tokens: list[str], window: int = 4096) -> int:
+    straddle_re = splitting.special_regex(special_tokens, overlapping=True)
+    margin = max((len(t.encode()) for t in special_tokens), default=1)
+    return find_boundary(io.BytesIO(raw), pos, len(raw), straddle_re, margin, window)
 
 
 # Fragments chosen to hit every branch of the pattern and every kind of boundary: contractions, runs
@@ -47,15 +51,27 @@ FRAGMENTS = [
 ]  # fmt: skip
 texts = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
 specials = st.sampled_from([[], [EOT], [EOT, "<|pad|>"], [EOT, EOT + EOT], ["ab", "b\n"]])
+# All of Unicode (letters, marks, digits of every script, emoji, CJK, controls; not the surrogates,
+# which no UTF-8 text holds), mixed with the fragments that stress the pattern and the special tokens.
+any_unicode = st.text(alphabet=st.characters(codec=None, exclude_categories=("Cs",)), max_size=12)
+unicode_texts = st.lists(
+    st.one_of(any_unicode, st.sampled_from(TRICKY), st.sampled_from(FRAGMENTS)), max_size=30
+).map("".join)
 
 
-def test_whitespace_class_is_regex_s():
-    """WHITESPACE (used with the stdlib `re`) is exactly what the regex module's \\s matches."""
-    s = regex.compile(r"\s")
-    ours = pretokenize.re.compile(f"[{WHITESPACE}]")
-    for cp in range(0x110000):
-        c = chr(cp)
-        assert bool(s.match(c)) == bool(ours.match(c)), hex(cp)
+@settings(max_examples=500, deadline=None)
+@given(text=unicode_texts, special_tokens=specials)
+def test_training_counts_equal_the_encoders_split_on_all_of_unicode(text, special_tokens):
+    assert count_pretokens(text, special_tokens) == reference_counts(text, special_tokens)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=unicode_texts)
+def test_words_are_the_text_cut_at_every_safe_cut(text):
+    """WORDS_RE (training's fast split) cuts exactly where CUT_RE (the chunk rule) allows a cut."""
+    cuts = [0, *(m.start() for m in splitting.CUT_RE.finditer(text)), len(text)]
+    expected = [text[a:b] for a, b in pairwise(cuts) if a < b]
+    assert splitting.WORDS_RE.findall(text) == expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -71,13 +87,13 @@ def test_count_pretokens_on_real_text(fixture_file, name):
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=texts, special_tokens=specials, data=st.data())
+@given(text=st.one_of(texts, unicode_texts), special_tokens=specials, data=st.data())
 def test_find_boundary_is_safe(text, special_tokens, data):
     """Counting the two sides of a boundary apart gives the counts of the whole."""
     raw = text.encode("utf-8")
     pos = data.draw(st.integers(0, len(raw)))
     window = data.draw(st.sampled_from([1, 3, 4096]))
-    cut = find_boundary(io.BytesIO(raw), pos, len(raw), [t.encode() for t in special_tokens], window)
+    cut = find(raw, pos, special_tokens, window)
     assert pos <= cut <= len(raw) or (pos == 0 and cut == 0)
     left, right = raw[:cut].decode("utf-8"), raw[cut:].decode("utf-8")  # a character boundary
     assert count_pretokens(left, special_tokens) + count_pretokens(right, special_tokens) == reference_counts(
@@ -85,15 +101,19 @@ def test_find_boundary_is_safe(text, special_tokens, data):
     )
 
 
-def test_find_boundary_prefers_special_tokens_then_newlines():
-    raw = b"aaaa bbbb\ncccc" + EOT.encode() + b"dddd"
-    f = io.BytesIO(raw)
-    assert find_boundary(f, 1, len(raw), [EOT.encode()], window=64) == raw.index(EOT.encode())
-    assert find_boundary(f, 1, len(raw), [], window=64) == raw.index(b"\n")
-    assert find_boundary(f, 1, len(raw), [], window=6) == raw.index(b" ")  # no newline in sight
-    assert find_boundary(io.BytesIO(b"x" * 50), 10, 50, []) == 50  # nowhere safe: the end
+def test_find_boundary_finds_the_first_safe_cut():
+    raw = b"aaaa bbbb\ncccc" + EOT.encode() + b"dddd eeee"
+    assert find(raw, 1, []) == raw.index(b" ")
+    assert find(raw, 6, [], window=3) == raw.index(b"\n")
+    assert find(raw, 11, [EOT]) == raw.index(b" e")
+    assert find(b"x" * 50, 10, []) == 50  # nowhere safe: the end
     cjk = "日本。\u3000\n語\n".encode()  # the first newline follows U+3000 (white space): not safe
-    assert find_boundary(io.BytesIO(cjk), 1, len(cjk), []) == len(cjk) - 1
+    assert find(cjk, 1, []) == cjk.index("\u3000".encode())  # but U+3000 follows "。"
+    assert find(cjk, cjk.index(b"\n"), []) == len(cjk) - 1
+    assert find(b"a\xe3\x80\x80 b", 2, []) == 6  # from inside U+3000: its space follows white space
+    spaced = EOT.replace("end", "end ")  # a cut inside an occurrence of a special token is never safe
+    raw = (spaced + " x").encode()
+    assert find(raw, 1, [spaced]) == raw.index(b" x")
 
 
 def test_text_without_ascii_is_cut_too(tmp_path):
@@ -183,7 +203,7 @@ def test_worker_error_is_reported(monkeypatch, tmp_path):
 
     monkeypatch.setattr(pretokenize, "count_ranges", failing)
     before = _children()
-    with pytest.raises(RuntimeError, match="failed in a worker: OSError: disk on fire"):
+    with pytest.raises(OSError, match="disk on fire"):  # the worker's exception, raised again here
         count_file(path, [], num_workers=3, chunk_bytes=100)
     assert _children() == before  # every worker was reaped
 
@@ -214,3 +234,30 @@ def test_count_file_hypothesis(tmp_path, text, special_tokens, chunk_bytes):
     raw = text.encode()
     n_ranges = len(chunk_ranges(io.BytesIO(raw), len(raw), special_tokens, chunk_bytes))
     assert got.num_workers == max(1, min(2, n_ranges, len(raw) // chunk_bytes))  # the policy, exactly
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=unicode_texts, special_tokens=specials, chunk_bytes=st.integers(1, 16))
+def test_count_file_on_all_of_unicode(tmp_path, text, special_tokens, chunk_bytes):
+    """Chunks cut anywhere in any script, counted by forked workers: still the encoder's split."""
+    path = _write(tmp_path, "u.txt", text.encode())
+    with mock.patch.object(pretokenize, "MIN_CHUNKS_PER_WORKER", 1):
+        got = count_file(path, special_tokens, num_workers=3, chunk_bytes=chunk_bytes)
+    assert got.counts == reference_counts(text, special_tokens)
+
+
+def test_workers_send_in_order_and_report_errors():
+    def work(i, send):
+        for k in range(3):
+            send(b"%d:%d" % (i, k) * 30_000)  # 120 kB: more than a pipe holds
+        if i == 1:
+            raise ValueError("worker 1 gives up")
+
+    before = _children()
+    with Workers(2, work) as pool:
+        assert [pool.receive(0) for _ in range(4)] == [b"0:%d" % k * 30_000 for k in range(3)] + [None]
+        assert [pool.receive(1) for _ in range(3)] == [b"1:%d" % k * 30_000 for k in range(3)]
+        with pytest.raises(ValueError, match="worker 1 gives up"):
+            pool.receive(1)
+        assert not pool.running
+    assert _children() == before

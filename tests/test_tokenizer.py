@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from tokenizer.tokenizer import Tokenizer
 
-
 texts = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=30).map("".join)
 with_eot = st.lists(st.one_of(texts, st.just(EOT)), max_size=6).map("".join)
 quick = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

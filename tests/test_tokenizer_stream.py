@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from tokenizer.splitting import CUT_RE, straddles
 from tokenizer.tokenizer import Tokenizer
 
-
 pieces_of_text = st.lists(st.sampled_from([*FRAGMENTS, EOT, EOT + EOT, "\n" + EOT + "\n"]), max_size=60).map(
     "".join
 )

@@ -1,9 +1,14 @@
-"""The pre-tokenizer's Unicode classes are tiktoken's, for every code point; its three regexes agree."""
+"""The pre-tokenizer's Unicode classes are tiktoken's, for every code point; its three regexes agree;
+the pre-tokens BPE training counts are the pieces tiktoken splits a text into."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from gpt2_reference import (
+    FRAGMENTS,
+    GPT2_PATTERN,
     TEXT_FILES,
     all_characters,
     ours_gpt2,
@@ -14,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenizer import splitting
+from tokenizer.pretokenize import count_pretokens
 from tokenizer.unicode_tables import LETTER, NUMBER, WHITE_SPACE, char_class, ranges
 
 
@@ -77,3 +83,24 @@ def test_ids_equal_tiktoken_across_the_whole_code_space():
         i += n
     text = "".join(parts)
     assert ours_gpt2().encode(text, allowed_special="none") == tiktoken_gpt2().encode_ordinary(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.text(st.characters(codec=None, exclude_categories=("Cs",))), st.sampled_from(FRAGMENTS)),
+        max_size=20,
+    ).map("".join)
+)
+def test_training_pretokens_are_tiktokens_pieces(text):
+    """BPE training's pre-tokens are tiktoken's: given each as a whole token, tiktoken (which looks a
+    pre-token up whole before merging) encodes the text as exactly those pieces, once each."""
+    import tiktoken
+
+    counts = count_pretokens(text, [])
+    ranks = {bytes([b]): b for b in range(256)}
+    for piece in counts:
+        ranks.setdefault(piece.encode("utf-8"), len(ranks))
+    enc = tiktoken.Encoding("pieces", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    pieces = Counter(enc.decode_single_token_bytes(i) for i in enc.encode_ordinary(text))
+    assert pieces == Counter({piece.encode("utf-8"): n for piece, n in counts.items()})

@@ -117,6 +117,8 @@ def test_resume_reproduces_the_uninterrupted_run_step_for_step(tmp_path: Path, s
     assert sorted(first["train/loss"]) == list(range(n)) and sorted(second["train/loss"]) == list(
         range(n, 2 * n)
     )
+    # Exact: every run does the same ops on the same batches, shapes and thread count (one machine, one
+    # environment), and the resumed one starts from bit-identical weights, optimizer and RNG states.
     for metric in ("train/loss", "lr", "grad_norm"):
         assert {**first[metric], **second[metric]} == straight[metric], metric
     assert second["val/loss"] == {2 * n - 1: straight["val/loss"][2 * n - 1]}

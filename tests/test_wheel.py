@@ -83,6 +83,8 @@ def test_the_installed_wheel_composes_and_trains_from_any_folder(wheel: Path, tm
     job = _run(site, cwd, "-m", "lit_llm.train", "--cfg", "job")
     assert job.returncode == 0, job.stderr[-3000:]
     assert "name: quickstart" in job.stdout and "_target_: lit_llm.data.datamodule" in job.stdout
+    tool = _run(site, cwd, "-m", "lit_llm.evaluate", "--cfg", "job", "data=valid.txt")  # configs.tools
+    assert tool.returncode == 0 and "data: valid.txt" in tool.stdout, tool.stderr[-3000:]
 
     run = _run(site, cwd, "-m", "lit_llm.train", "debug=fast")
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"

@@ -230,8 +230,9 @@ def train_bpe(
     lexicographically greater ``(bytes_a, bytes_b)``. Training stops early, with fewer than
     ``vocab_size - 256 - k`` merges, once no pair is left (every pre-token is a single token).
 
-    Pre-tokens come from GPT-2's regex after the special tokens are cut out of the text, so no merge
-    crosses or enters a special token. ``num_workers`` processes (default: all cores) count them.
+    Pre-tokens are the encoder's (``tokenizer.splitting``: GPT-2's regex with tiktoken's Unicode
+    classes), after the special tokens are cut out of the text, so no merge crosses or enters a
+    special token. ``num_workers`` processes (default: all cores) count them.
     Invalid UTF-8 is replaced by U+FFFD, with a warning that gives the count.
     """
     result = train(input_path, vocab_size, special_tokens, num_workers=num_workers)

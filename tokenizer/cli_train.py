@@ -4,22 +4,22 @@
         --special-token '<|endoftext|>' --out artifacts/tokenizers/mine [--workers K] [--force]
 
 Every argument is checked before training starts, and the files are written into a temporary folder
-beside ``--out`` and only then moved in, so a failure or Ctrl-C never leaves a half-written tokenizer.
+beside ``--out`` that then replaces ``--out`` in one rename (``tokenizer.files.building_dir``), so a
+failure or Ctrl-C never leaves a half-written tokenizer.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import resource
-import shutil
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenizer.bpe import TrainResult, check_training_args, train
+from tokenizer.files import ProgressBar, building_dir, sha256_file
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "meta.json")
 
@@ -47,15 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse an --out that cannot hold our files, or that holds another tokenizer (unless forced)."""
+    """Refuse an --out that cannot hold our files, or that holds another tokenizer (unless forced).
+
+    --out is replaced as a whole, so a folder holding anything but a tokenizer's files is refused too.
+    """
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and not force:
-        present = [name for name in TOKENIZER_FILES if (out / name).exists()]
-        if present:
-            raise FileExistsError(
-                f"--out {out} already holds a tokenizer ({', '.join(present)}); add --force"
-            )
+    if out.is_dir():
+        present = sorted(p.name for p in out.iterdir())
+        others = [name for name in present if name not in TOKENIZER_FILES]
+        if others:
+            listed = ", ".join(others[:3])
+            raise FileExistsError(f"--out {out} holds other files ({listed}); it would be replaced")
+        if present and not force:
+            ours = ", ".join(name for name in TOKENIZER_FILES if name in present)
+            raise FileExistsError(f"--out {out} already holds a tokenizer ({ours}); add --force")
     ancestor = out
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -80,68 +86,58 @@ def peak_rss_mb(num_workers: int) -> tuple[float, float, float]:
     return own, worker, own + (num_workers - 1) * worker
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+class _PhaseBars:
+    """A progress bar per phase of training, each started by the phase's first report, which stops the
+    previous phase's bar. ``phase(...)`` returns the ``(done, total)`` callback that ``train`` calls.
+
+    Why start so late: ``ProgressBar`` refreshes from a thread, and the pre-tokenizing workers are
+    forked right at the start of ``count_file``, before it first reports progress. A thread alive at
+    fork time could leave a lock held in the workers.
+    """
+
+    def __init__(self) -> None:
+        self.bar: ProgressBar | None = None
+        self.current, self.done = "", 0
+
+    def phase(self, description: str, total: int, unit: str) -> Callable[[int, int], None]:
+        def report(done: int, _total: int) -> None:
+            if self.current != description:
+                self.stop()
+                self.bar = ProgressBar(total, description, unit=unit).__enter__()
+                self.current, self.done = description, 0
+            self.bar.advance(done - self.done)
+            self.done = done
+
+        return report
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def train_with_progress(args: argparse.Namespace) -> TrainResult:
-    """Train, showing bytes pre-tokenized and merges done (refreshed from this thread only: the
-    workers are forked, and a refresh thread running at fork time could leave a lock held)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("{task.description:<14}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        auto_refresh=False,
-    )
-    pre = progress.add_task("pre-tokenizing", total=args.input.stat().st_size, detail="")
-    merge = progress.add_task("merging", total=args.vocab_size - 256 - len(args.special_tokens), detail="")
-    last_refresh = 0.0
-
-    def update(task, done: int, total: int, detail: str) -> None:
-        nonlocal last_refresh
-        progress.update(task, completed=done, total=total, detail=detail)
-        now = time.monotonic()
-        if now - last_refresh > 0.1 or done == total:
-            progress.refresh()
-            last_refresh = now
-
-    with progress:
-        result = train(
+    """Train, showing bytes pre-tokenized, then merges done."""
+    bars = _PhaseBars()
+    try:
+        return train(
             args.input,
             args.vocab_size,
             args.special_tokens,
             num_workers=args.workers,
-            pretokenize_progress=lambda d, t: update(pre, d, t, f"{d / 1e6:.1f}/{t / 1e6:.1f} MB"),
-            merge_progress=lambda d, t: update(merge, d, t, f"{d}/{t} merges"),
+            pretokenize_progress=bars.phase("pre-tokenizing", args.input.stat().st_size, "bytes"),
+            merge_progress=bars.phase("merging", args.vocab_size - 256 - len(args.special_tokens), "items"),
         )
-        progress.update(merge, total=max(len(result.merges), 1), completed=len(result.merges))
-        progress.refresh()
-    return result
+    finally:
+        bars.stop()
 
 
 def save(result: TrainResult, out: Path, meta: dict) -> None:
-    """Write the four files into a temporary folder beside ``out``, then move them in."""
+    """Write the four files into a temporary folder beside ``out``, which then replaces ``out``."""
     from tokenizer.tokenizer import Tokenizer
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with building_dir(out) as tmp:
         Tokenizer(result.vocab, result.merges, result.special_tokens).save(tmp, extra_meta=meta)
-        out.mkdir(exist_ok=True)
-        for path in sorted(tmp.iterdir(), key=lambda p: p.name == "meta.json"):  # meta.json last
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "corpus_path": str(args.input.resolve()),
             "corpus_bytes": result.n_bytes,
-            "corpus_sha256": sha256_of(args.input),
+            "corpus_sha256": sha256_file(args.input),
             "corpus_tokens": result.n_tokens,
             "bytes_per_token": result.n_bytes / max(result.n_tokens, 1),
             "num_merges": len(result.merges),

@@ -6,8 +6,8 @@ shifted to U+0100 and above, so that every token is a printable string without s
 ``Ġ``). A merge line is then just two such strings separated by one space.
 
 Readers validate everything and fail with one line naming the file (and line, where there is one);
-writers go through a temporary file in the same folder and ``os.replace``, so no reader ever sees a
-half-written file.
+writers go through ``tokenizer.files.write_text`` (a temporary file in the same folder, then
+``os.replace``), so no reader ever sees a half-written file.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
+from tokenizer.files import write_text
+
 __all__ = [
-    "atomic_write",
     "bytes_to_unicode",
     "read_merges_txt",
     "read_vocab_json",
@@ -78,20 +79,6 @@ def str_to_token(text: str) -> bytes:
         return text.encode("utf-8")
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -115,7 +102,7 @@ def write_vocab_json(
     Special tokens are written verbatim (``"<|end of text|>"``, not ``"<|endĠofĠtext|>"``), as
     Hugging Face does, so that its added tokens and the vocabulary agree.
     """
-    atomic_write(path, json.dumps(_vocab_strings(vocab, special_tokens), ensure_ascii=False, indent=0) + "\n")
+    write_text(path, json.dumps(_vocab_strings(vocab, special_tokens), ensure_ascii=False, indent=0) + "\n")
 
 
 def read_vocab_json(path: str | os.PathLike, special_tokens: Iterable[str] = ()) -> dict[int, bytes]:
@@ -150,7 +137,7 @@ def read_vocab_json(path: str | os.PathLike, special_tokens: Iterable[str] = ())
 def write_merges_txt(path: str | os.PathLike, merges: list[tuple[bytes, bytes]]) -> None:
     """One merge per line, ``left right``, in rank order, after GPT-2's ``#version`` header."""
     lines = ["#version: 0.2"] + [f"{token_to_str(a)} {token_to_str(b)}" for a, b in merges]
-    atomic_write(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def read_merges_txt(
@@ -241,4 +228,4 @@ def write_hf_tokenizer_json(
             "merges": [f"{token_to_str(a)} {token_to_str(b)}" for a, b in merges],
         },
     }
-    atomic_write(path, json.dumps(tokenizer, ensure_ascii=False, indent=1) + "\n")
+    write_text(path, json.dumps(tokenizer, ensure_ascii=False, indent=1) + "\n")

@@ -17,7 +17,8 @@ any corpus. So a dict maps pre-token -> ids, and the BPE runs only on a miss (fr
 ``dict.__missing__``, which keeps the hot loop in C). The dict is cleared when it reaches
 ``cache_size`` entries, which bounds memory on any input.
 
-Steps 1 and 2 (and where a text may be cut for streaming) live in ``tokenizer.splitting``.
+Steps 1 and 2 (and where a text may be cut for streaming) live in ``tokenizer.splitting``, which
+BPE training uses too: a tokenizer is applied with exactly the segmentation it was trained on.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from pathlib import Path
 from typing import Literal
 
 from tokenizer import io
+from tokenizer.files import EOT, read_json, write_json
 from tokenizer.splitting import last_cut, pretokenize, special_regex
 
-EOT = "<|endoftext|>"
 DEFAULT_CACHE_SIZE = 1 << 18  # pre-tokens; a few hundred bytes each, so at most ~60 MB per process
 _MAX_CACHED_CHARS = 256  # longer pre-tokens (long runs of spaces, ...) are rare: not worth the memory
 
@@ -144,10 +145,7 @@ class Tokenizer:
                 f"{meta_path} not found (a tokenizer folder from Tokenizer.save; for bare GPT-2 files use "
                 "Tokenizer.from_files(vocab, merges, special_tokens))"
             )
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{meta_path}: invalid JSON ({e})") from None
+        meta = read_json(meta_path, "tokenizer metadata")
         specials = meta.get("special_tokens", []) if isinstance(meta, dict) else None
         if not isinstance(specials, list) or not all(isinstance(t, str) for t in specials):
             raise ValueError(f"{meta_path}: 'special_tokens' must be a list of strings, got {specials!r}")
@@ -174,7 +172,7 @@ class Tokenizer:
         io.write_vocab_json(out_dir / "vocab.json", self.vocab, self.special_tokens)
         io.write_merges_txt(out_dir / "merges.txt", self.merges)
         io.write_hf_tokenizer_json(out_dir / "tokenizer.json", self.vocab, self.merges, self.special_tokens)
-        io.atomic_write(out_dir / "meta.json", json.dumps(meta | (extra_meta or {}), indent=2) + "\n")
+        write_json(out_dir / "meta.json", meta | (extra_meta or {}))
         return out_dir
 
     @cached_property
@@ -307,7 +305,7 @@ class Tokenizer:
     ) -> Iterator[int]:
         """The ids of ``"".join(texts)``, lazily, holding about ``buffer_chars`` of text at a time.
 
-        Pieces are buffered and the buffer is encoded up to its last safe cut (``splitting.CUT_RE``)
+        Pieces are buffered and the buffer is encoded up to its last safe cut (``splitting.last_cut``)
         that splits no special token, so a pre-token or special token spanning two pieces still
         encodes as one.
         Memory stays flat for any input that has such cuts (any text with spaces or newlines).

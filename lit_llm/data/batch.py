@@ -1,10 +1,30 @@
-"""Random training windows from one long array of token ids."""
+"""Token windows from one long array of token ids: the one place windows are cut, and random batches."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def windows(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> tuple[Tensor, Tensor]:
+    """The windows of ``context_length + 1`` tokens at ``starts``, as inputs and next-token targets.
+
+    Returns ``(x, y)``, both (len(starts), context_length) int64, with y[b, i] = tokens[starts[b] + i + 1],
+    the token that follows x[b, i]. ``tokens`` is a 1-D integer array, possibly an ``np.memmap``: one
+    fancy index over all windows gathers just the elements it names, so only the pages those touch
+    are read from disk (a window spans a page or two), never the whole file; the result is an
+    ordinary in-memory array.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    if len(starts) and (starts.min() < 0 or starts.max() + context_length >= len(tokens)):
+        raise ValueError(
+            f"window starts must lie in 0..{len(tokens) - context_length - 1} for windows of "
+            f"{context_length + 1} tokens in {len(tokens)}, got {starts.min()}..{starts.max()}"
+        )
+    offsets = starts[:, None] + np.arange(context_length + 1)  # (batch, context_length + 1)
+    block = torch.from_numpy(np.asarray(tokens[offsets], dtype=np.int64))
+    return block[:, :-1].contiguous(), block[:, 1:].contiguous()
 
 
 def get_batch(
@@ -18,8 +38,8 @@ def get_batch(
 
     Returns ``(x, y)``, both (batch_size, context_length) int64 on ``device``, with ``y`` = ``x`` shifted
     by one token: y[b, i] is the token that follows x[b, i]. ``dataset`` is a 1-D integer array (a
-    ``np.memmap`` works: only the sampled windows are read). ``rng`` makes the draw reproducible; None
-    uses numpy's global generator (seed it with ``np.random.seed``).
+    ``np.memmap`` works: only the sampled windows are read, see ``windows``). ``rng`` makes the draw
+    reproducible; None uses numpy's global generator (seed it with ``np.random.seed``).
     """
     if dataset.ndim != 1:
         raise ValueError(f"get_batch: dataset must be a 1-D array of token ids, got shape {dataset.shape}")
@@ -41,9 +61,7 @@ def get_batch(
         starts = rng.integers(0, num_starts, size=batch_size)
     else:
         starts = np.random.randint(0, num_starts, size=batch_size)
-    offsets = starts[:, None] + np.arange(context_length + 1)  # (batch, context_length + 1)
-    windows = torch.from_numpy(np.asarray(dataset[offsets], dtype=np.int64))
-    x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    x, y = windows(dataset, starts, context_length)
     device = torch.device(device)
     if device.type == "cuda":
         # Pinned host memory lets the copy overlap with the GPU work already queued.

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from lit_llm.data.batch import windows
 from lit_llm.data.prepare import DataSpec, Prepared, prepare
+from tokenizer.files import EOT
 from tokenizer.tokenizer import Tokenizer
 
 
@@ -30,14 +32,6 @@ def window_starts(
     """Start positions (batch_size,) of one training micro-batch: a pure function of its arguments."""
     rng = np.random.default_rng([seed, micro_batch, rank])
     return rng.integers(0, n_tokens - context_length, size=batch_size)
-
-
-def windows(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) int64 tensors of shape (len(starts), context_length); y is x shifted left by one token."""
-    # Contiguous slices read a memory-mapped file page by page, which fancy indexing would not.
-    block = np.stack([tokens[s : s + context_length + 1] for s in starts]).astype(np.int64)  # (B, T+1)
-    block = torch.from_numpy(block)
-    return block[:, :-1], block[:, 1:]
 
 
 def val_starts(n_tokens: int, context_length: int, count: int | None) -> np.ndarray:
@@ -94,7 +88,7 @@ class TokenWindowDataModule(L.LightningDataModule):
         val_file: str | None = None,
         val_fraction: float = 0.1,
         vocab_size: int = 2000,
-        special_tokens: list[str] | tuple[str, ...] = ("<|endoftext|>",),
+        special_tokens: list[str] | tuple[str, ...] = (EOT,),
         context_length: int = 256,
         batch_size: int = 32,
         val_batch_size: int | None = None,

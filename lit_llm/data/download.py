@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import http.client
-import json
 import os
 import shutil
 import socket
@@ -30,6 +28,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+# sha256_file is part of this module's API too (tests and prepare use download.sha256_file).
+from tokenizer.files import atomic_write, fsync_dir, sha256_file, write_json
 
 _CHUNK = 1 << 20
 
@@ -75,14 +76,6 @@ DATASETS: dict[str, tuple[RemoteFile, ...]] = {
 
 class DownloadError(RuntimeError):
     """A download that could not complete; the message says which file to place where instead."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _progress(enabled: bool):
@@ -185,15 +178,16 @@ def download_file(
         time.sleep(backoff * failures)
     size, digest = _verify(part, remote)
     if remote.gzipped:
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        with gzip.open(part, "rb") as src, open(tmp, "wb") as out:
+        with gzip.open(part, "rb") as src, atomic_write(dest) as out:
             shutil.copyfileobj(src, out, _CHUNK)
-        os.replace(tmp, dest)
         part.unlink()
     else:
-        os.replace(part, dest)
+        with open(part, "rb") as f:  # the verified bytes are on disk before their final name is
+            os.fsync(f.fileno())
+        os.replace(part, dest)  # the .part is beside dest: an atomic rename
+        fsync_dir(dest.parent)
     record = {"url": remote.url, "downloaded_bytes": size, "sha256": digest, "gzipped": remote.gzipped}
-    _write_json(dest.with_name(dest.name + ".source.json"), record)
+    write_json(dest.with_name(dest.name + ".source.json"), record)
     return dest
 
 
@@ -214,12 +208,6 @@ def _placement_error(remote: RemoteFile, dest: Path, reason: str) -> DownloadErr
     return DownloadError(
         f"could not download {remote.url} ({reason}); place that file{how} at {dest} yourself"
     )
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def dataset_dir(dataset: str, data_dir: str | os.PathLike = "data") -> Path:

@@ -10,9 +10,10 @@ The pipeline (what ``TokenWindowDataModule.prepare_data`` runs):
 3. **tokens**: ``encode_file`` of both splits -> ``artifacts/tokens/<tokenizer dir>-<key>/{train,valid}.npy``,
    keyed by (tokenizer, both texts' SHA-256).
 
-Every output is built in a temporary folder and renamed into place, so a folder that exists is whole:
-its existence is the cache hit. Nothing is reused when an input changed, because every input is part
-of the key; a file's SHA-256 is itself cached by (path, size, mtime), so a warm run hashes nothing.
+Every output is built in a temporary folder and renamed into place (``tokenizer.files.building_dir``),
+so a folder that exists is whole: its existence is the cache hit. Nothing is reused when an input
+changed, because every input is part of the key; a file's SHA-256 is itself cached by (path, size,
+mtime), so a warm run hashes nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 from lit_llm.data import download, synthetic
 from tokenizer.bpe import train_bpe
 from tokenizer.encode_to_npy import encode_file
+from tokenizer.files import EOT, building_dir, read_json, sha256_file, write_json
 from tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class DataSpec:
     val_file: str | None = None
     val_fraction: float = 0.1
     vocab_size: int = 2000
-    special_tokens: tuple[str, ...] = ("<|endoftext|>",)
+    special_tokens: tuple[str, ...] = (EOT,)
     data_dir: str = "data"
     artifacts_dir: str = "artifacts"
     tokenizer_workers: int | None = None
@@ -131,30 +131,13 @@ def file_digest(path: Path, cache_dir: Path) -> str:
             return record["sha256"]
     except (OSError, ValueError, KeyError):
         pass
-    digest = download.sha256_file(path)
-    _write_json(record_path, {**stamp, "sha256": digest})
+    digest = sha256_file(path)
+    write_json(record_path, {**stamp, "sha256": digest})
     return digest
 
 
 def _key(**parts) -> str:
     return hashlib.sha256(json.dumps({"v": PIPELINE_VERSION, **parts}, sort_keys=True).encode()).hexdigest()
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _publish(tmp_dir: Path, final: Path) -> None:
-    """Rename a finished folder into place; if another process got there first, keep theirs."""
-    try:
-        os.replace(tmp_dir, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _reused(build: bool, message: str, *args) -> None:
@@ -220,11 +203,9 @@ def split_file(spec: DataSpec, source: Path, digest: str, *, build: bool) -> tup
                 f"data.val_fraction={spec.val_fraction}: {source} has no story or line boundary in its last "
                 f"{size - int(size * (1 - spec.val_fraction))} bytes, so the validation split would be empty"
             )
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        _copy_range(source, tmp / "train.txt", 0, cut)
-        _copy_range(source, tmp / "valid.txt", cut, size)
-        _publish(tmp, folder)
+        with building_dir(folder) as tmp:
+            _copy_range(source, tmp / "train.txt", 0, cut)
+            _copy_range(source, tmp / "valid.txt", cut, size)
         log.info("split %s: built %s (%d + %d bytes)", source.name, folder, cut, size - cut)
     else:
         _reused(build, "split %s: reused %s", source.name, folder)
@@ -251,7 +232,7 @@ def _quickstart_corpus(spec: DataSpec, build: bool) -> tuple[Path, Path]:
         raise _missing(meta)
     synthetic.write_corpus(train, spec.synthetic_stories, seed=spec.synthetic_seed)
     synthetic.write_corpus(valid, spec.synthetic_val_stories, seed=f"{spec.synthetic_seed}-valid")
-    _write_json(meta, params)
+    write_json(meta, params)
     log.info(
         "corpus quickstart: built %s (%d + %d stories)",
         folder,
@@ -290,9 +271,7 @@ def text_files(spec: DataSpec, *, build: bool = True) -> tuple[Path, Path]:
 
 def _head(source: Path, n_bytes: int, out: Path, special_tokens: tuple[str, ...]) -> Path:
     cut = find_boundary(source, n_bytes, special_tokens) if n_bytes < source.stat().st_size else None
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    _copy_range(source, tmp, 0, cut if cut is not None else source.stat().st_size)
-    os.replace(tmp, out)
+    _copy_range(source, out, 0, cut if cut is not None else source.stat().st_size)  # in a building_dir
     return out
 
 
@@ -309,26 +288,24 @@ def build_tokenizer(spec: DataSpec, train: Path, train_digest: str, label: str, 
         return folder
     if not build:
         raise _missing(folder)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    source = train
-    if spec.tokenizer_train_bytes is not None:
-        source = _head(train, spec.tokenizer_train_bytes, tmp / "bpe_input.txt", spec.special_tokens)
-    t0 = time.perf_counter()
-    vocab, merges = train_bpe(
-        source, spec.vocab_size, list(spec.special_tokens), num_workers=spec.tokenizer_workers
-    )
-    if source != train:
-        source.unlink()
-    meta = {
-        "trained_on": str(train),
-        "trained_on_sha256": train_digest,
-        "train_bytes": spec.tokenizer_train_bytes,
-        "requested_vocab_size": spec.vocab_size,
-        "key": key,
-    }
-    Tokenizer(vocab, merges, list(spec.special_tokens)).save(tmp, extra_meta=meta)
-    _publish(tmp, folder)
+    with building_dir(folder) as tmp:
+        source = train
+        if spec.tokenizer_train_bytes is not None:
+            source = _head(train, spec.tokenizer_train_bytes, tmp / "bpe_input.txt", spec.special_tokens)
+        t0 = time.perf_counter()
+        vocab, merges = train_bpe(
+            source, spec.vocab_size, list(spec.special_tokens), num_workers=spec.tokenizer_workers
+        )
+        if source != train:
+            source.unlink()
+        meta = {
+            "trained_on": str(train),
+            "trained_on_sha256": train_digest,
+            "train_bytes": spec.tokenizer_train_bytes,
+            "requested_vocab_size": spec.vocab_size,
+            "key": key,
+        }
+        Tokenizer(vocab, merges, list(spec.special_tokens)).save(tmp, extra_meta=meta)
     log.info("tokenizer: built %s (%d tokens) in %.1f s", folder, len(vocab), time.perf_counter() - t0)
     return folder
 
@@ -341,26 +318,24 @@ def encode_splits(
     folder = Path(spec.artifacts_dir) / "tokens" / f"{tok_dir.name}-{key[:12]}"
     if folder.is_dir():
         _reused(build, "tokens: reused %s", folder)
-        return folder, json.loads((folder / "meta.json").read_text())
+        return folder, read_json(folder / "meta.json", "tokens meta")
     if not build:
         raise _missing(folder)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
     meta = {"tokenizer": tokenizer.fingerprint, "tokenizer_dir": str(tok_dir), "key": key}
     t0 = time.perf_counter()
-    for name, (path, digest) in texts.items():
-        workers = spec.tokenizer_workers
-        if workers is None and path.stat().st_size < _IN_PROCESS_BYTES:
-            workers = 1
-        n_tokens = encode_file(path, tmp / f"{name}.npy", tokenizer, num_workers=workers)
-        meta[name] = {
-            "source": str(path),
-            "sha256": digest,
-            "n_bytes": path.stat().st_size,
-            "n_tokens": n_tokens,
-        }
-    _write_json(tmp / "meta.json", meta)
-    _publish(tmp, folder)
+    with building_dir(folder) as tmp:
+        for name, (path, digest) in texts.items():
+            workers = spec.tokenizer_workers
+            if workers is None and path.stat().st_size < _IN_PROCESS_BYTES:
+                workers = 1
+            n_tokens = encode_file(path, tmp / f"{name}.npy", tokenizer, num_workers=workers)
+            meta[name] = {
+                "source": str(path),
+                "sha256": digest,
+                "n_bytes": path.stat().st_size,
+                "n_tokens": n_tokens,
+            }
+        write_json(tmp / "meta.json", meta)
     log.info(
         "tokens: built %s (%s) in %.1f s",
         folder,

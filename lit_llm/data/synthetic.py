@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-EOT = "<|endoftext|>"
+from tokenizer.files import EOT, atomic_write
+
 GENERATOR_VERSION = 3  # bump whenever the text changes, so that cached corpora are rebuilt
 
 
@@ -425,12 +426,9 @@ def write_corpus(path: str | os.PathLike, n_stories: int, seed: int | str = 0) -
     if n_stories < 1:
         raise ValueError(f"n_stories={n_stories}: expected at least 1 story")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_write(path, "w", encoding="utf-8", newline="\n") as f:
         for story in generate_stories(n_stories, seed):
             f.write(story + "\n" + EOT + "\n")
-    os.replace(tmp, path)
     return path
 
 

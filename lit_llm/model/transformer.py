@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from lit_llm.model.attention import KVCache, MultiHeadSelfAttention
 from lit_llm.model.config import ModelConfig
 from lit_llm.model.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU
+
+
+def block_config(
+    d_model: int,
+    num_heads: int,
+    d_ff: int,
+    max_seq_len: int,
+    theta: float | None,
+    *,
+    norm: str = "pre",
+    ffn: str = "swiglu",
+    attn_impl: str = "sdpa",
+    norm_eps: float = 1e-5,
+) -> ModelConfig:
+    """The config of a standalone block: ``theta`` None means no RoPE (position="nope"); the fields a
+    block does not read (vocab_size, num_layers) are 1."""
+    return ModelConfig(
+        vocab_size=1,
+        context_length=max_seq_len,
+        d_model=d_model,
+        num_layers=1,
+        num_heads=num_heads,
+        d_ff=d_ff,
+        rope_theta=10000.0 if theta is None else theta,
+        norm=norm,
+        position="nope" if theta is None else "rope",
+        ffn=ffn,
+        attn_impl=attn_impl,
+        norm_eps=norm_eps,
+    )
+
+
+def _block_index(index: int = 0) -> int:
+    return index
 
 
 class TransformerBlock(nn.Module):
@@ -21,33 +57,44 @@ class TransformerBlock(nn.Module):
 
     def __init__(
         self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        max_seq_len: int,
-        theta: float | None,
-        *,
-        norm: str = "pre",
-        ffn: str = "swiglu",
-        attn_impl: str = "sdpa",
-        norm_eps: float = 1e-5,
+        config: ModelConfig | int,
+        *args: Any,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``TransformerBlock(config, index=0)``: block ``index`` of the model ``config`` describes.
+
+        Standalone, ``TransformerBlock(d_model, num_heads, d_ff, max_seq_len, theta, *, norm, ffn,
+        attn_impl, norm_eps)`` builds the same block from the config ``block_config`` makes of these.
+        """
         super().__init__()
-        self.post_norm = norm == "post"
-        make_norm = (
-            (lambda: nn.Identity())
-            if norm == "none"
-            else (lambda: RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype))
-        )
+        if isinstance(config, ModelConfig):
+            index = _block_index(*args, **kwargs)
+        else:
+            config, index = block_config(config, *args, **kwargs), 0
+        self.config, self.index = config, index
+        self.post_norm = config.norm == "post"
+        d_model = config.d_model
+
+        def make_norm() -> nn.Module:
+            if config.norm == "none":
+                return nn.Identity()
+            return RMSNorm(d_model, eps=config.norm_eps, device=device, dtype=dtype)
+
         self.ln1 = make_norm()
         self.attn = MultiHeadSelfAttention(
-            d_model, num_heads, max_seq_len, theta, attn_impl=attn_impl, device=device, dtype=dtype
+            d_model,
+            config.num_heads,
+            config.context_length,
+            config.rope_theta if config.position == "rope" else None,
+            attn_impl=config.attn_impl,
+            device=device,
+            dtype=dtype,
         )
         self.ln2 = make_norm()
-        ffn_cls = SwiGLU if ffn == "swiglu" else SiLUFeedForward
-        self.ffn = ffn_cls(d_model, d_ff, device=device, dtype=dtype)
+        ffn_cls = SwiGLU if config.ffn == "swiglu" else SiLUFeedForward
+        self.ffn = ffn_cls(d_model, config.resolved_d_ff, device=device, dtype=dtype)
 
     def forward(
         self, x: Tensor, token_positions: Tensor | None = None, kv_cache: KVCache | None = None
@@ -71,63 +118,33 @@ class TransformerLM(nn.Module):
 
     def __init__(
         self,
-        vocab_size: int,
-        context_length: int,
-        d_model: int,
-        num_layers: int,
-        num_heads: int,
-        d_ff: int | None = None,
-        rope_theta: float = 10000.0,
-        *,
-        norm: str = "pre",
-        position: str = "rope",
-        ffn: str = "swiglu",
-        attn_impl: str = "sdpa",
-        tie_embeddings: bool = False,
-        norm_eps: float = 1e-5,
+        config: ModelConfig | int | None = None,
+        *args: Any,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``TransformerLM(config)``, or the ``ModelConfig`` fields themselves:
+        ``TransformerLM(vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta,
+        *, norm, position, ffn, attn_impl, tie_embeddings, norm_eps)``, positionally or by name."""
         super().__init__()
-        cfg = ModelConfig(
-            vocab_size=vocab_size,
-            context_length=context_length,
-            d_model=d_model,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            d_ff=d_ff,
-            rope_theta=rope_theta,
-            norm=norm,
-            position=position,
-            ffn=ffn,
-            attn_impl=attn_impl,
-            tie_embeddings=tie_embeddings,
-            norm_eps=norm_eps,
-        )
-        self.config = cfg
-        self.token_embeddings = Embedding(vocab_size, d_model, device=device, dtype=dtype)
-        theta = rope_theta if position == "rope" else None
+        if isinstance(config, ModelConfig):
+            if args or kwargs:
+                raise TypeError("TransformerLM(config) takes only device= and dtype= besides the config")
+        else:
+            config = ModelConfig(*(args if config is None else (config, *args)), **kwargs)
+        self.config = config
+        self.token_embeddings = Embedding(config.vocab_size, config.d_model, device=device, dtype=dtype)
         self.layers = nn.ModuleList(
-            TransformerBlock(
-                d_model,
-                num_heads,
-                cfg.resolved_d_ff,
-                context_length,
-                theta,
-                norm=norm,
-                ffn=ffn,
-                attn_impl=attn_impl,
-                norm_eps=norm_eps,
-                device=device,
-                dtype=dtype,
-            )
-            for _ in range(num_layers)
+            TransformerBlock(config, i, device=device, dtype=dtype) for i in range(config.num_layers)
         )
         self.ln_final = (
-            RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype) if norm == "pre" else nn.Identity()
+            RMSNorm(config.d_model, eps=config.norm_eps, device=device, dtype=dtype)
+            if config.norm == "pre"
+            else nn.Identity()
         )
-        self.lm_head = Linear(d_model, vocab_size, device=device, dtype=dtype)
-        if tie_embeddings:
+        self.lm_head = Linear(config.d_model, config.vocab_size, device=device, dtype=dtype)
+        if config.tie_embeddings:
             # One Parameter under two names: both appear in the state dict and load back as one tensor.
             self.lm_head.weight = self.token_embeddings.weight
 
@@ -135,7 +152,7 @@ class TransformerLM(nn.Module):
     def from_config(
         cls, config: ModelConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> TransformerLM:
-        return cls(**config.to_dict(), device=device, dtype=dtype)
+        return cls(config, device=device, dtype=dtype)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
         """Empty per-layer key/value caches for generating ``batch_size`` sequences of up to ``max_len``
