@@ -5,6 +5,9 @@
 - :func:`safe_load`: ``torch.load(weights_only=True)``: tensors and plain containers only, so a file from
   elsewhere cannot run code. Every failure is one :class:`CheckpointError` line, ``FILE: what is wrong``
   (empty, not a torch.save file, truncated or corrupt, or refused because it would unpickle objects).
+  Every entry of the zip archive is checked against the CRC-32 torch.save records for it before
+  anything is unpickled (:func:`check_integrity`): a byte changed inside a tensor is refused, not
+  loaded as a silently different model (one read of the file; a non-seekable stream is not checked).
 - :func:`check_state_dict`: the one compatibility check (missing/unexpected keys, a shape that differs),
   used by ``load_checkpoint``, ``lit_llm.loading.load_model`` and resume (``LanguageModelModule``).
 - :func:`save_checkpoint` / :func:`load_checkpoint`: plain-PyTorch checkpoints (model, optimizer,
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -87,11 +91,42 @@ def _header(src: PathOrFile) -> bytes | None:
     return head
 
 
+def check_integrity(src: PathOrFile) -> None:
+    """Check every entry of a torch.save zip archive against its recorded CRC-32 (reads it all once).
+
+    A file that is not a readable zip archive at all is left to ``torch.load`` to describe; a damaged
+    entry is one CheckpointError line: ``FILE: damaged (entry archive/data/3 fails its CRC check)``.
+    A non-seekable stream is not checked (it cannot be read twice).
+    """
+    name = describe(src)
+    position = None
+    if not isinstance(src, str | os.PathLike):
+        if not (hasattr(src, "seekable") and src.seekable()):
+            return
+        position = src.tell()
+    try:
+        try:
+            archive = zipfile.ZipFile(src)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            return  # no readable central directory: torch.load says what is wrong
+        with archive:
+            try:
+                bad = archive.testzip()
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
+                raise CheckpointError(name, f"damaged ({_first_sentence(e)})") from None
+        if bad is not None:
+            raise CheckpointError(name, f"damaged (entry {bad} fails its CRC check)")
+    finally:
+        if position is not None:
+            src.seek(position)
+
+
 def safe_load(src: PathOrFile, *, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(src, weights_only=True)``; any unreadable or refused file is one CheckpointError line.
 
     ``mmap=True`` maps a path's tensors instead of reading them (a checkpoint larger than memory loads).
-    Only torch.save's zip format is read: a bare pickle is refused before anything is unpickled.
+    Only torch.save's zip format is read: a bare pickle is refused before anything is unpickled, and
+    every entry's CRC-32 is verified first (:func:`check_integrity`), so a damaged file is refused.
     """
     name = describe(src)
     is_path = isinstance(src, str | os.PathLike)
@@ -105,6 +140,7 @@ def safe_load(src: PathOrFile, *, map_location: Any = "cpu", mmap: bool = False)
         raise CheckpointError(name, "not a readable checkpoint (the file is empty)")
     if head is not None and not head.startswith(_ZIP_MAGIC):
         raise CheckpointError(name, "not a readable checkpoint (not a zip archive written by torch.save)")
+    check_integrity(src)
     try:
         return torch.load(src, map_location=map_location, weights_only=True, mmap=mmap and is_path)
     except pickle.UnpicklingError as e:

@@ -2,9 +2,9 @@
 
 ``@cli.main("generate")`` is ``@hydra.main`` with one error path (in the manner of lightning-hydra-template's
 ``task_wrapper``): an error the user can fix (a missing file, an invalid value or configuration, a diverged
-run; see ``is_user_error``) is printed as ``error: <message>`` on stderr and exits with status 2 for an
-invalid configuration (``ConfigError``), 1 otherwise. Anything else, or any error with
-``HYDRA_FULL_ERROR=1``, propagates with its traceback.
+run, a failed download, a full or read-only disk; see ``is_user_error``) is printed as ``error: <message>``
+on stderr and exits with status 2 for an invalid configuration (``ConfigError``), 1 otherwise. Anything
+else, or any error with ``HYDRA_FULL_ERROR=1``, propagates with its traceback.
 
 The tools compose from ``configs/tools/`` (``lit_llm.configs.tools``, their own search path, whose
 ``hydra/tool.yaml`` is their shared hydra block: no output folder); training from ``configs/``.
@@ -12,6 +12,7 @@ The tools compose from ``configs/tools/`` (``lit_llm.configs.tools``, their own 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -29,19 +30,47 @@ TOOL_CONFIGS = "pkg://lit_llm.configs.tools"
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
 # (module, class) of user errors raised only once a heavy module is imported (Lightning): looked up in
 # sys.modules, never imported here.
-LAZY_USER_ERRORS = (("lit_llm.callbacks", "NonFiniteLossError"),)
+LAZY_USER_ERRORS = (
+    ("lit_llm.callbacks", "NonFiniteLossError"),
+    # A download that could not complete (offline, HTTP 404): its message says where to place the file.
+    ("lit_llm.data.download", "DownloadError"),
+)
+# A full, read-only or forbidden disk: the path and the cause in one line, never a traceback.
+_NO_WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, n))
+DISK_ERRNOS = _NO_WRITE_ERRNOS | {errno.EACCES, errno.EPERM}
 
 
 def is_user_error(exc: BaseException) -> bool:
     """Bad input found once the data or a checkpoint is opened (missing file, a checkpoint of another
     shape, an invalid value, an existing output), or a diverged run: reported in one line."""
-    if isinstance(exc, USER_ERRORS):
+    if isinstance(exc, USER_ERRORS) or is_disk_error(exc):
         return True
     for module, name in LAZY_USER_ERRORS:
         kind = getattr(sys.modules.get(module), name, None)
         if kind is not None and isinstance(exc, kind):
             return True
     return False
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """An ``OSError`` of a full, read-only or forbidden disk (ENOSPC, EDQUOT, EROFS, EACCES, EPERM)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
+def message(exc: BaseException) -> str:
+    """The text after ``error:``: a disk error as ``cannot write PATH: CAUSE``, anything else as itself."""
+    if not is_disk_error(exc):
+        return str(exc)
+    assert isinstance(exc, OSError)
+    verb = "cannot write" if exc.errno in _NO_WRITE_ERRNOS else "cannot access"
+    where = f" {os.fsdecode(exc.filename)}" if exc.filename is not None else ""
+    return f"{verb}{where}: {os.strerror(exc.errno)}"
+
+
+def report(exc: BaseException) -> None:
+    """Print ``error: <message>`` on stderr and exit with ``exit_code(exc)``."""
+    print(f"error: {message(exc)}", file=sys.stderr)
+    sys.exit(exit_code(exc))
 
 
 def exit_code(exc: BaseException) -> int:
@@ -58,8 +87,7 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], N
         except Exception as exc:
             if not is_user_error(exc) or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(exit_code(exc))
+            report(exc)
 
     return wrapped
 

@@ -253,6 +253,8 @@ class DataConfig(_Checked):
     """quickstart: validation stories (a separate random stream)."""
     synthetic_seed: int = 0
     """quickstart: the corpus's own seed (independent of the training seed)."""
+    errors: str = "strict"
+    """Invalid UTF-8 in a text: strict refuses it (naming the file and byte), replace uses U+FFFD."""
 
 
 @dataclass

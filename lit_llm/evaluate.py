@@ -71,6 +71,8 @@ def evaluate(
     Returns loss (mean nats per scored token), ppl = e^loss, bpb, and the counts behind them.
     """
     context = model.config.context_length
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
     if tokens.ndim != 1:
         raise ValueError(f"expected a 1-D token array, got shape {tokens.shape}")
     if len(tokens) and int(tokens.max()) >= model.config.vocab_size:
@@ -148,38 +150,89 @@ def token_byte_lengths(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
 
 
 def load_tokens(
-    path: str | os.PathLike, tokenizer: Tokenizer, *, num_workers: int | None = None
+    path: str | os.PathLike, tokenizer: Tokenizer, *, num_workers: int | None = None, check: bool = True
 ) -> np.ndarray:
-    """A ``.npy`` token array (memory-mapped), or a UTF-8 text file encoded with ``tokenizer``."""
+    """A ``.npy`` token array (memory-mapped), or a UTF-8 text file encoded with ``tokenizer``
+    (``check=False``: the caller has already run :func:`check_data_file` on it)."""
     from tokenizer.encode_to_npy import encode_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data={path}: no such file")
     if path.suffix == ".npy":
-        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(
-                f"data={path}: expected a 1-D integer token array, got {tokens.dtype} {tokens.shape}"
-            )
-        return tokens
+        return load_npy(path)
+    if check:
+        check_data_file(path)
     with tempfile.TemporaryDirectory() as tmp:
         encode_file(path, Path(tmp) / "tokens.npy", tokenizer, num_workers=num_workers)
         return np.load(Path(tmp) / "tokens.npy")
 
 
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """A 1-D integer token array, memory-mapped; anything else is one ValueError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data={path}: no such file")
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError, OSError, EOFError, UnpicklingError...: all one line
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"data={path}: not a readable .npy token array ({detail})") from None
+    if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        what = f"{tokens.dtype} {tokens.shape}" if isinstance(tokens, np.ndarray) else type(tokens).__name__
+        raise ValueError(f"data={path}: expected a 1-D integer token array, got {what}")
+    return tokens
+
+
+def check_data_file(path: str | os.PathLike) -> None:
+    """``data=`` exists and is a valid .npy token array or UTF-8 text (checked before the model loads)."""
+    from lit_llm.loading import check_utf8_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data={path}: no such file")
+    if path.suffix == ".npy":
+        load_npy(path)
+    else:
+        check_utf8_file(path, "data")
+
+
 # -- command line -------------------------------------------------------------------------------------
 
 
-def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    from lit_llm.loading import load_model
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
+
+def check_args(cfg: dict[str, Any]) -> None:
+    """Every argument that can be checked without the model, in one ValueError line (all problems)."""
     problems = [f"{key}=PATH is required" for key in ("ckpt", "data") if not cfg.get(key)]
+    if not _is_int(cfg.get("batch_size")) or cfg["batch_size"] < 1:
+        problems.append(f"batch_size={cfg.get('batch_size')!r}: expected an integer >= 1")
+    stride = cfg.get("stride")
+    if stride is not None and (not _is_int(stride) or stride < 1):
+        problems.append(f"stride={stride!r}: expected an integer >= 1 (at most context_length) or null")
+    workers = cfg.get("num_workers")
+    if workers is not None and (not _is_int(workers) or workers < 1):
+        problems.append(f"num_workers={workers!r}: expected an integer >= 1 or null")
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's work. Arguments, the device, the data file and ``out`` are checked before the model
+    is loaded; the stride's upper bound (context_length) once it is."""
+    from lit_llm.loading import check_writable, load_model, resolve_device
+
+    check_args(cfg)
+    device = resolve_device(cfg.get("device"))
+    if cfg.get("out"):
+        if Path(cfg["out"]).is_dir():
+            raise ValueError(f"out={cfg['out']}: is a folder (expected a JSON file to write)")
+        check_writable(cfg["out"])
+    check_data_file(cfg["data"])
     model, tokenizer = load_model(cfg["ckpt"], tokenizer=cfg.get("tokenizer"))
-    model.to(cfg.get("device") or "cpu")
-    tokens = load_tokens(cfg["data"], tokenizer, num_workers=cfg.get("num_workers"))
+    window_plan(2, model.config.context_length, cfg.get("stride"))  # stride <= context_length
+    model.to(device)
+    tokens = load_tokens(cfg["data"], tokenizer, num_workers=cfg.get("num_workers"), check=False)
     result = evaluate(
         model,
         tokens,

@@ -1,8 +1,9 @@
 """``python -m lit_llm.export ckpt=PATH out=DIR [format=hf]``: a trained model as a self-contained folder.
 
-format=lit (default): ``model.safetensors`` (our parameter names), ``config.json`` (the ModelConfig) and
-the tokenizer files (vocab.json, merges.txt, tokenizer.json, meta.json); ``lit_llm.checkpoint.load_model``
-reads it back without unpickling anything.
+format=lit (default): ``model.safetensors`` (our parameter names), ``config.json`` (the ModelConfig, and
+under ``"sha256"`` the hash of model.safetensors) and the tokenizer files (vocab.json, merges.txt,
+tokenizer.json, meta.json); ``lit_llm.loading.load_model`` reads it back without unpickling anything and
+refuses weights whose hash differs from the recorded one (a damaged file).
 
 format=hf: a Hugging Face Llama folder that ``transformers`` loads offline
 (``LlamaForCausalLM.from_pretrained(DIR)``, ``AutoTokenizer.from_pretrained(DIR)``). Llama is our
@@ -25,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lit_llm import cli
-from lit_llm.loading import CONFIG_FILE, MODEL_FILE
+from lit_llm.loading import CONFIG_FILE, MODEL_FILE, WEIGHTS_HASH_KEY
 from lit_llm.model import TransformerLM
-from tokenizer.files import EOT, building_dir, write_json
+from tokenizer.files import EOT, building_dir, sha256_file, write_json
 from tokenizer.tokenizer import Tokenizer
 
 FORMATS = ("lit", "hf")
@@ -45,10 +46,7 @@ def export_model(
     if format not in FORMATS:
         raise ValueError(f"format={format!r}: expected one of {', '.join(FORMATS)}")
     out = Path(out)
-    if out.exists() and not (out.is_dir() and overwrite) and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(
-            f"out={out}: exists and is not an empty folder (pass overwrite=true to replace it)"
-        )
+    _check_out(out, overwrite)
     state = hf_state_dict(model) if format == "hf" else _lit_state_dict(model)
     with building_dir(out) as tmp:  # complete or absent; an existing out is replaced once this is whole
         _save_safetensors(state, tmp / MODEL_FILE)
@@ -58,8 +56,16 @@ def export_model(
             write_json(tmp / "tokenizer_config.json", _hf_tokenizer_config(model, tokenizer))
             write_json(tmp / "generation_config.json", _hf_generation_config(tokenizer))
         else:
-            write_json(tmp / CONFIG_FILE, model.config.to_dict())
+            hashes = {MODEL_FILE: sha256_file(tmp / MODEL_FILE)}
+            write_json(tmp / CONFIG_FILE, {**model.config.to_dict(), WEIGHTS_HASH_KEY: hashes})
     return out
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not (out.is_dir() and overwrite) and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"out={out}: exists and is not an empty folder (pass overwrite=true to replace it)"
+        )
 
 
 def _lit_state_dict(model: TransformerLM) -> dict[str, Tensor]:
@@ -175,15 +181,18 @@ def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
 
 
 def run(cfg: dict[str, Any]) -> Path:
-    from lit_llm.loading import load_model
+    from lit_llm.loading import check_writable, load_model
 
     problems = [f"{key}=PATH is required" for key in ("ckpt", "out") if not cfg.get(key)]
     if problems:
         raise ValueError("; ".join(problems))
+    if cfg["format"] not in FORMATS:
+        raise ValueError(f"format={cfg['format']!r}: expected one of {', '.join(FORMATS)}")
+    out = Path(cfg["out"])
+    _check_out(out, bool(cfg.get("overwrite")))
+    check_writable(out)  # the folder is built beside out: before the model is loaded
     model, tokenizer = load_model(cfg["ckpt"], tokenizer=cfg.get("tokenizer"))
-    return export_model(
-        model, tokenizer, cfg["out"], format=cfg["format"], overwrite=bool(cfg.get("overwrite"))
-    )
+    return export_model(model, tokenizer, out, format=cfg["format"], overwrite=bool(cfg.get("overwrite")))
 
 
 @cli.main("export")

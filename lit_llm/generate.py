@@ -19,6 +19,7 @@ The CLI (Hydra config ``configs/tools/generate.yaml``) streams text to the termi
 from __future__ import annotations
 
 import codecs
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -231,30 +232,80 @@ def generate(
 
 
 def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
-    """``prompt=`` or ``prompt_file=`` (one prompt per line; blank lines skipped), not both."""
+    """``prompt=`` or ``prompt_file=`` (one prompt per line; blank lines skipped), not both. A file that
+    is missing, unreadable or not UTF-8 is one ValueError/FileNotFoundError line naming it (and the
+    offset of the first bad byte)."""
     if prompt_file is None:
+        if prompt is not None and not isinstance(prompt, str):
+            raise ValueError(f"prompt={prompt!r}: expected a string")
         return [prompt or ""]
     if prompt:
         raise ValueError("give prompt= or prompt_file=, not both")
     path = Path(prompt_file)
     if not path.is_file():
         raise FileNotFoundError(f"prompt_file={prompt_file}: no such file")
-    prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"prompt_file={prompt_file}: cannot be read: {os.strerror(e.errno)}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompt_file={prompt_file}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"prompt_file={prompt_file}: holds no prompt (one per line expected)")
     return prompts
 
 
-def run(cfg: dict) -> None:
-    """The CLI's work, from a plain config dict (see configs/tools/generate.yaml for the keys)."""
-    from lit_llm.loading import load_model
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
+
+def check_args(cfg: dict) -> None:
+    """Every CLI argument that can be checked without the model, in one ValueError line (all problems)."""
+    problems = []
     if not cfg.get("ckpt"):
-        raise ValueError("ckpt=PATH is required (a Lightning .ckpt or a folder written by lit_llm.export)")
+        problems.append("ckpt=PATH is required (a Lightning .ckpt or a folder written by lit_llm.export)")
+    if not _is_int(cfg.get("num_samples")) or cfg["num_samples"] < 1:
+        problems.append(f"num_samples={cfg.get('num_samples')!r}: expected an integer >= 1")
+    if not _is_int(cfg.get("max_new_tokens")) or cfg["max_new_tokens"] < 0:
+        problems.append(
+            f"max_new_tokens={cfg.get('max_new_tokens')!r}: expected an integer >= 0 (0: the prompt only)"
+        )
+    if cfg.get("seed") is not None and not _is_int(cfg["seed"]):
+        problems.append(f"seed={cfg['seed']!r}: expected an integer or null")
+    stop = cfg.get("stop")
+    if stop is not None and not (isinstance(stop, list | tuple) and all(isinstance(x, str) for x in stop)):
+        problems.append(f"stop={stop!r}: expected a list of strings")
+    try:
+        check_sampling_args(cfg.get("temperature"), cfg.get("top_p"), cfg.get("top_k"))
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def run(cfg: dict) -> None:
+    """The CLI's work, from a plain config dict (see configs/tools/generate.yaml for the keys).
+
+    Every argument is checked, the model loaded and every prompt encoded (and its length checked)
+    before anything is printed: a bad value is one error line with nothing on stdout before it."""
+    from lit_llm.loading import load_model, resolve_device
+
+    check_args(cfg)
+    device = resolve_device(cfg.get("device"))
     prompts = read_prompts(cfg.get("prompt"), cfg.get("prompt_file"))
-    check_sampling_args(cfg["temperature"], cfg["top_p"], cfg.get("top_k"))  # before any output
     model, tokenizer = load_model(cfg["ckpt"], tokenizer=cfg.get("tokenizer"))
-    model.to(cfg.get("device") or "cpu")
+    context = model.config.context_length
+    for p, prompt in enumerate(prompts):
+        n = len(encode_prompt(tokenizer, prompt))
+        if n > context:
+            which = (
+                f"prompt {p + 1} of prompt_file={cfg['prompt_file']}" if cfg.get("prompt_file") else "prompt"
+            )
+            raise ValueError(f"{which} is {n} tokens; expected 1 to context_length={context} tokens")
+    model.to(device)
     num_samples = cfg["num_samples"]
     out = sys.stdout
     for p, prompt in enumerate(prompts):

@@ -4,11 +4,18 @@
 file, or a folder written by ``lit_llm.export`` (model.safetensors + config.json + tokenizer files).
 Nothing is unpickled beyond tensors and plain containers (``lit_llm.checkpoint.safe_load``; safetensors
 for folders), so a file from elsewhere cannot run code. Weights are checked against the config by the
-one state-dict check, ``lit_llm.checkpoint.check_state_dict``.
+one state-dict check, ``lit_llm.checkpoint.check_state_dict``. Damaged files are refused, not loaded:
+a ``.ckpt``'s entries are checked against their CRC-32s (``safe_load``), an exported folder's
+``model.safetensors`` against the sha256 its ``config.json`` records (``WEIGHTS_HASH_KEY``).
+
+The tools' start-up checks live here too, so that a bad argument is refused before a model is loaded
+or anything printed: :func:`resolve_device`, :func:`check_writable`, :func:`check_utf8_file`.
 """
 
 from __future__ import annotations
 
+import codecs
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -17,11 +24,13 @@ import torch
 
 from lit_llm.checkpoint import CheckpointError, check_state_dict, safe_load
 from lit_llm.model import ModelConfig, TransformerLM
-from tokenizer.files import read_json
+from tokenizer.files import read_json, sha256_file, temp_path
 from tokenizer.tokenizer import Tokenizer
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# config.json of an exported folder: {"sha256": {"model.safetensors": HEX}} beside the ModelConfig keys.
+WEIGHTS_HASH_KEY = "sha256"
 _LIGHTNING_PREFIX = "model."  # LanguageModelModule's state-dict keys are "model.<name>"
 
 
@@ -165,8 +174,111 @@ def _load_exported(folder: Path) -> tuple[TransformerLM, Tokenizer]:
             f"{config_path}: a Hugging Face model folder; load it with transformers "
             "(lit_llm.export format=hf), or export without format=hf for lit-llm"
         )
+    if isinstance(config, dict):
+        config = dict(config)
+        recorded = config.pop(WEIGHTS_HASH_KEY, None)
+        expected = recorded.get(MODEL_FILE) if isinstance(recorded, dict) else None  # older: none
+        if expected is not None and sha256_file(weights_path) != expected:
+            raise CheckpointError(
+                str(weights_path), f"damaged (its sha256 differs from the one recorded in {config_path.name})"
+            )
     try:
         state = load_file(weights_path)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(str(weights_path), f"not a readable safetensors file ({e})") from None
     return _build(str(weights_path), config, state), Tokenizer.from_dir(folder)
+
+
+# -- the tools' start-up checks ------------------------------------------------------------------------
+
+
+def available_devices() -> list[str]:
+    """The devices this torch build and machine can run on: cpu, then cuda:0.., mps, xpu:0.."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        devices += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return devices
+
+
+def resolve_device(spec: Any, key: str = "device") -> torch.device:
+    """``device=`` as a torch.device this process can use, else one ValueError line that lists the
+    available ones: garbage (``gpu``), a backend absent from this torch build or machine (``cuda`` on a
+    CPU-only torch, ``mps`` off Apple silicon), or an index beyond the device count (``cuda:3``)."""
+    spec = "cpu" if spec is None or spec == "" else spec
+    available = ", ".join(available_devices())
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"{key}={spec}: not a device (expected cpu, cuda, cuda:N or mps; available: {available})"
+        ) from None
+    if device.type == "cpu":
+        return device
+    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None)}.get(
+        device.type, getattr(torch, device.type, None)
+    )
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available):
+        raise ValueError(f"{key}={spec}: not a device to run a model on (available: {available})")
+    if not is_available():
+        built = {"cuda": torch.backends.cuda.is_built, "mps": getattr(backend, "is_built", None)}.get(
+            device.type
+        )
+        where = "in this torch build" if built is not None and not built() else "on this machine"
+        raise ValueError(f"{key}={spec}: not available {where} (available: {available})")
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and callable(count) and device.index >= count():
+        raise ValueError(
+            f"{key}={spec}: no such device ({count()} {device.type} device(s); available: {available})"
+        )
+    return device
+
+
+def check_writable(path: str | os.PathLike, key: str = "out") -> None:
+    """Refuse (one ValueError line naming the path and the OS's reason) an output that could not be
+    written, before any work: create and remove a temporary file where the output would be made (the
+    nearest existing folder above it: the writers create missing parents)."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    probe = temp_path(folder / path.name)
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with open(probe, "xb"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        where = "" if folder == path.parent else f" (in {folder})"
+        raise ValueError(f"{key}={path}: cannot be written{where}: {reason}") from None
+
+
+def check_utf8_file(path: str | os.PathLike, key: str, chunk_bytes: int = 1 << 20) -> None:
+    """Refuse a file that is not UTF-8 text: one ValueError line naming it and the first bad byte's
+    offset. Read in chunks (constant memory)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes handed to the decoder so far
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(chunk_bytes)
+                pending = len(decoder.getstate()[0])
+                try:
+                    decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as e:
+                    raise ValueError(
+                        f"{key}={path}: not UTF-8 text (byte {offset - pending + e.start}: {e.reason})"
+                    ) from None
+                if not chunk:
+                    return
+                offset += len(chunk)
+    except OSError as e:
+        raise ValueError(f"{key}={path}: cannot be read: {os.strerror(e.errno) if e.errno else e}") from None

@@ -7,21 +7,111 @@ Trainer first, so that Lightning's own checks of accelerator/devices/strategy/pr
 data work), then the data module (download, tokenizer, token arrays: cached, in ``fit``) and the
 LanguageModelModule.
 
-Everything of a run lands in logs/<name>/<timestamp>/: .hydra/ (the exact config), tensorboard/,
+Everything of a run lands in its own logs/<name>/<timestamp>[-N]/ (``run_dir``: created atomically, so two
+runs started in the same second never share one): .hydra/ (the exact config), tensorboard/,
 checkpoints/{last,best}.ckpt. ``ckpt_path=last`` resumes from the most recently written
 logs/<name>/*/checkpoints/last.ckpt (the new run gets its own folder); ``ckpt_path=FILE`` from a file.
+Before any work the output folders are checked for writability (``check_writable``) and a resumed
+checkpoint for readability; a start refused by validation leaves no run folder behind.
 Set HYDRA_FULL_ERROR=1 to get tracebacks instead of one-line errors.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
+import shutil
+from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lit_llm import cli
 from lit_llm.config_validation import ConfigError, trainer_problem, validate_config
+
+_RUN_DIRS: dict[tuple[str, str], str] = {}
+
+
+def run_dir(parent: str, prefix: str = "") -> str:
+    """``parent/<prefix><timestamp>``, or ``...-1``, ``-2``, ... where that exists: a folder of its own,
+    made with ``os.mkdir`` (atomic: of two processes asking in the same second, one gets ``-1``).
+
+    The ``lit_llm.run_dir`` resolver of ``hydra.run.dir`` and ``hydra.sweep.dir``. Hydra resolves those
+    more than once per process (and, in a multirun, once per job), so the answer is kept per process.
+    A folder that cannot be made is one ``error:`` line (Hydra calls this before the task's error path).
+    """
+    key = (str(parent), str(prefix))
+    if key in _RUN_DIRS:
+        return _RUN_DIRS[key]
+    stamp = f"{prefix}{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    try:
+        os.makedirs(parent, exist_ok=True)
+        for n in itertools.count():
+            path = os.path.join(parent, f"{stamp}-{n}" if n else stamp)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            break
+    except OSError as exc:
+        if not cli.is_disk_error(exc):
+            raise
+        cli.report(exc)
+    _RUN_DIRS[key] = path
+    return path
+
+
+OmegaConf.register_new_resolver("lit_llm.run_dir", run_dir, replace=True)
+
+
+def check_writable(*folders: str | Path) -> None:
+    """Make each folder (with its parents) and create and remove a probe file in it: a read-only, full or
+    forbidden location fails now, as an ``OSError`` naming it, rather than at the first checkpoint."""
+    from tokenizer.files import temp_path
+
+    for folder in dict.fromkeys(str(f) for f in folders):
+        os.makedirs(folder, exist_ok=True)
+        probe = temp_path(Path(folder) / "write-probe")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise OSError(exc.errno, os.strerror(exc.errno), folder) from None
+        try:
+            os.write(fd, b"probe")
+        except OSError as exc:
+            raise OSError(exc.errno, os.strerror(exc.errno), folder) from None
+        finally:
+            os.close(fd)
+            with suppress(OSError):
+                os.unlink(probe)
+
+
+def output_folders(config: dict[str, Any]) -> list[str]:
+    """Where a run writes: its folder, its checkpoint folder, paths.data_dir and paths.artifacts_dir."""
+    paths = config["paths"]
+    folders = [paths["output_dir"]]
+    checkpoint = (config.get("callbacks") or {}).get("model_checkpoint") or {}
+    if checkpoint.get("dirpath") and "://" not in str(checkpoint["dirpath"]):
+        folders.append(checkpoint["dirpath"])
+    data = config.get("data") or {}
+    folders.append(data.get("data_dir") or paths["data_dir"])
+    folders.append(data.get("artifacts_dir") or paths["artifacts_dir"])
+    return folders
+
+
+def check_checkpoint(path: str) -> None:
+    """Open ``path`` as ``safe_load`` does, tensors memory-mapped (cheap): an empty, truncated, corrupt or
+    refused file, or one that is not a training checkpoint, fails now in one line naming it."""
+    from lit_llm.checkpoint import CheckpointError, safe_load
+
+    checkpoint = safe_load(path, mmap=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            path, "not a training checkpoint (no 'state_dict'; resume from a run's last.ckpt or best.ckpt)"
+        )
 
 
 def find_last_checkpoint(experiment_dir: str | Path, exclude: str | Path | None = None) -> Path:
@@ -52,6 +142,7 @@ def resolve_ckpt_path(config: dict[str, Any]) -> str | None:
         return str(find_last_checkpoint(Path(paths["log_dir"]) / config["name"], exclude=paths["output_dir"]))
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
+    check_checkpoint(ckpt_path)
     return ckpt_path
 
 
@@ -156,6 +247,7 @@ def train(config: dict[str, Any]) -> dict[str, float]:
     from lightning.pytorch.utilities import rank_zero_info
 
     ckpt_path = resolve_ckpt_path(config)  # before the slow imports: a wrong path fails at once
+    check_writable(*output_folders(config))
     _single_log_path()
     trainer, module, datamodule = build(config)
     rank_zero_info(
@@ -174,9 +266,39 @@ def train(config: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+def _refused_start(exc: BaseException) -> None:
+    """A start that ended in a user error: remove the run folder where it holds nothing of the run (only
+    .hydra/ and an empty log: a refused config, a wrong ckpt_path); otherwise record the error in its log."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not cli.is_user_error(exc) or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    log = folder / f"{hydra_cfg.job.name}.log"
+    others = [p for p in folder.iterdir() if p.name not in (".hydra", log.name)] if folder.is_dir() else []
+    nothing = all(p.is_dir() and not any(p.iterdir()) for p in others)  # checkpoints/, still empty
+    empty_log = not log.exists() or log.stat().st_size == 0
+    if nothing and empty_log and folder.resolve() != Path.cwd().resolve():
+        shutil.rmtree(folder, ignore_errors=True)
+        with suppress(OSError):
+            folder.parent.rmdir()  # logs/<name>/, where this was its only run
+        return
+    line = f"error: {cli.message(exc)}"
+    record = logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR, "msg": line})
+    record.levelname = "ERROR"
+    for handler in logging.getLogger().handlers:  # the log file only: the terminal gets cli's line
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @cli.main("train", config_path=cli.TRAIN_CONFIGS)
 def main(cfg: DictConfig) -> None:
-    train(validate_config(cfg))
+    try:
+        train(validate_config(cfg))
+    except Exception as exc:
+        _refused_start(exc)
+        raise
 
 
 if __name__ == "__main__":

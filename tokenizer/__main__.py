@@ -6,6 +6,7 @@ one never has to import the machinery of the other.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 USAGE = "usage: python -m tokenizer {train,encode} [options]  (python -m tokenizer train --help)"
@@ -28,4 +29,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A plain kill (SIGTERM) unwinds like Ctrl-C does: temporary files are removed, workers reaped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())

@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk-mb", type=float, default=None, help="text per task in MB (default: automatic)"
     )
+    parser.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="invalid UTF-8 in --input: refuse it, naming the byte (strict, default), or encode it as U+FFFD",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.workers,
             chunk_bytes=None if args.chunk_mb is None else max(1, int(args.chunk_mb * 1e6)),
             progress=not args.quiet,
+            errors=args.errors,
         )
     except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a worker process died (out of memory?)
         print(f"error: {e}", file=sys.stderr)

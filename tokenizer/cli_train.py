@@ -5,7 +5,9 @@
 
 Every argument is checked before training starts, and the files are written into a temporary folder
 beside ``--out`` that then replaces ``--out`` in one rename (``tokenizer.files.building_dir``), so a
-failure or Ctrl-C never leaves a half-written tokenizer.
+failure or Ctrl-C never leaves a half-written tokenizer; the stale temporary folders of runs that were
+killed are swept from beside ``--out`` first. Invalid UTF-8 in ``--input`` is refused before any work
+(``FILE: invalid UTF-8 at byte N``) unless ``--errors replace``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tokenizer.bpe import TrainResult, check_training_args, train
-from tokenizer.files import ProgressBar, building_dir, sha256_file
+from tokenizer.files import ProgressBar, building_dir, check_utf8, sha256_file, sweep_stale_temps
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "meta.json")
 
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="pre-tokenizing processes (default: all cores)"
     )
     parser.add_argument("--force", action="store_true", help="overwrite a tokenizer already in --out")
+    parser.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="invalid UTF-8 in --input: refuse it, naming the byte (strict, default), or use U+FFFD",
+    )
     return parser
 
 
@@ -152,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"--special-token {token!r} is a single byte, already one of the 256 byte tokens"
                 )
         check_output_dir(args.out, args.force)
+        if args.errors == "strict":
+            check_utf8(args.input)
+        sweep_stale_temps(args.out.parent)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

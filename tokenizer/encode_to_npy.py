@@ -15,6 +15,9 @@ How (and why):
 * ``<output stem>.meta.json`` (``train.npy`` -> ``train.meta.json``) is written after the array,
   so its presence means the array is complete; it records what produced the array (tokenizer hash,
   source size / mtime / sha256), for caches to tell a stale array from a good one.
+* Invalid UTF-8 is refused before any work (``FILE: invalid UTF-8 at byte N``, found in the same pass
+  that hashes the file) unless ``errors="replace"``, which decodes every chunk with U+FFFD for the bad
+  bytes. Stale temporary files of dead writers in the output's folder are swept first.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer.files import ProgressBar, atomic_write, sha256_file, write_json
+from tokenizer.files import (
+    InvalidUTF8Error,
+    ProgressBar,
+    atomic_write,
+    check_errors_option,
+    scan_file,
+    sweep_stale_temps,
+    write_json,
+)
 from tokenizer.pretokenize import CAN_FORK, Workers, chunk_ranges
 from tokenizer.tokenizer import Tokenizer
 
@@ -46,15 +57,17 @@ def _usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _encode_range(path: Path, start: int, end: int, tokenizer: Tokenizer, dtype: np.dtype) -> bytes:
+def _encode_range(
+    path: Path, start: int, end: int, tokenizer: Tokenizer, dtype: np.dtype, errors: str = "strict"
+) -> bytes:
     """Ids of bytes ``[start, end)`` of ``path``, as the raw bytes of a ``dtype`` array."""
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: invalid UTF-8 at byte {start + e.start} ({e.reason})") from None
+        text = data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:  # the file changed since it was checked
+        raise InvalidUTF8Error(path, start + e.start) from None
     return np.array(tokenizer.encode(text), dtype=dtype).tobytes()
 
 
@@ -78,6 +91,7 @@ def encode_file(
     num_workers: int | None = None,
     chunk_bytes: int | None = None,
     progress: bool = True,
+    errors: str = "strict",
 ) -> int:
     """Encode the UTF-8 text file ``input_path`` into the 1-d array ``output_path`` (``.npy``).
 
@@ -85,7 +99,10 @@ def encode_file(
     65,536 tokens, else uint32. ``num_workers`` defaults to the usable cores (1: encode in this process);
     ``chunk_bytes`` (default: about an eighth of a worker's share, between 64 KiB and 4 MiB) bounds
     each worker's memory. Writes ``meta_path_for(output_path)`` too. Returns the number of tokens.
+    ``errors``: ``"strict"`` refuses invalid UTF-8 up front (``InvalidUTF8Error``: ``FILE: invalid
+    UTF-8 at byte N``), ``"replace"`` encodes it as U+FFFD.
     """
+    check_errors_option(errors)
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise FileNotFoundError(f"input file {input_path} not found")
@@ -98,7 +115,11 @@ def encode_file(
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers={num_workers}: expected at least 1")
     stat = input_path.stat()
-    source_sha256 = sha256_file(input_path)  # also warms the page cache for the workers
+    # One pass: the hash, the UTF-8 check (before any work or output), and a warm page cache.
+    source_sha256, bad = scan_file(input_path, utf8=errors == "strict")
+    if bad is not None:
+        raise InvalidUTF8Error(input_path, bad)
+    sweep_stale_temps(output_path.parent)
     workers = num_workers or _usable_cores()
     if chunk_bytes is None:
         chunk_bytes = min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, math.ceil(stat.st_size / (8 * workers))))
@@ -109,7 +130,7 @@ def encode_file(
 
     def work(i: int, send: Callable[[bytes], None]) -> None:  # runs in forked worker i
         for start, end in ranges[i + 1 :: workers]:
-            send(_encode_range(input_path, start, end, tokenizer, dtype))
+            send(_encode_range(input_path, start, end, tokenizer, dtype, errors))
 
     n_tokens = 0
     with (
@@ -120,7 +141,7 @@ def encode_file(
         header_size = _write_npy_header(out, dtype, 0)
         for j, (start, end) in enumerate(ranges):
             if j % workers == 0:  # this process's share
-                data = _encode_range(input_path, start, end, tokenizer, dtype)
+                data = _encode_range(input_path, start, end, tokenizer, dtype, errors)
             elif (data := pool.receive(j % workers - 1)) is None:
                 raise RuntimeError(f"encoding {input_path}: a worker finished early")
             out.write(data)
@@ -143,5 +164,7 @@ def encode_file(
         "source_mtime_ns": stat.st_mtime_ns,
         "source_sha256": source_sha256,
     }
+    if errors != "strict":
+        meta["errors"] = errors
     write_json(meta_path_for(output_path), meta)
     return n_tokens

@@ -11,6 +11,16 @@ or the complete new one, never half of it:
 Temporary names carry the writer's PID (``.NAME.tmp-PID-RANDOM``), so :func:`sweep_stale_temps` can
 remove the leftovers of processes that are no longer alive without touching a live writer's file.
 
+Invalid UTF-8 has one policy everywhere: :func:`check_utf8` (or :func:`scan_file`, which hashes in the
+same pass) finds the first bad byte up front, before any work, and the error names the user's file and
+the byte offset (``FILE: invalid UTF-8 at byte N``); ``errors="replace"`` is the one way past it.
+
+Test hook: with the environment variable ``LIT_LLM_CRASH_AT_RENAME=N`` set, the N-th rename done through
+this module (``os.replace`` in :func:`atomic_write`, :func:`copy_file`, :func:`replace_dir`, and
+:func:`replace` for other callers) kills the process with ``os._exit(137)`` just before renaming,
+which is what a kill -9 at that exact moment leaves behind (``tests/test_crash.py``). Unset, it costs
+one dictionary look-up per rename.
+
 It lives in ``tokenizer`` because that is the lowest layer: ``lit_llm`` builds on ``tokenizer``, never the
 other way round. Only the standard library is imported at module level (``rich`` lazily), so forked
 tokenizer workers stay small.
@@ -33,6 +43,19 @@ from typing import IO, Any
 EOT = "<|endoftext|>"
 
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+CRASH_AT_RENAME_ENV = "LIT_LLM_CRASH_AT_RENAME"  # test hook (see the module docstring)
+_renames = 0  # renames done through replace(), for the test hook
+UTF8_ERRORS = ("strict", "replace")  # the accepted values of every ``errors`` option
+
+
+def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace``, with the test hook ``LIT_LLM_CRASH_AT_RENAME=N``: die at the N-th call."""
+    global _renames
+    _renames += 1
+    crash_at = os.environ.get(CRASH_AT_RENAME_ENV)
+    if crash_at and crash_at.strip().isdigit() and _renames == int(crash_at):
+        os._exit(137)
+    os.replace(src, dst)
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -69,7 +92,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -113,7 +136,7 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -153,8 +176,8 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     old = None
     if final.exists():
         old = temp_path(final)
-        os.replace(final, old)
-    os.replace(tmp, final)
+        replace(final, old)
+    replace(tmp, final)
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -186,6 +209,55 @@ def sweep_stale_temps(folder: str | os.PathLike) -> list[Path]:
                 child.unlink()
         removed.append(child)
     return removed
+
+
+class InvalidUTF8Error(ValueError):
+    """``FILE: invalid UTF-8 at byte N``: the first byte of ``FILE`` that is not UTF-8 (``offset``)."""
+
+    def __init__(self, path: str | os.PathLike, offset: int) -> None:
+        super().__init__(f"{os.fspath(path)}: invalid UTF-8 at byte {offset}")
+        self.path, self.offset = os.fspath(path), offset
+
+
+def check_errors_option(errors: str, name: str = "errors") -> str:
+    """``errors`` if it is ``"strict"`` or ``"replace"``, else a one-line ``ValueError`` naming ``name``."""
+    if errors not in UTF8_ERRORS:
+        raise ValueError(f"{name}={errors!r}: expected one of {', '.join(UTF8_ERRORS)}")
+    return errors
+
+
+def scan_file(
+    path: str | os.PathLike, *, utf8: bool = True, chunk_bytes: int = 1 << 20
+) -> tuple[str, int | None]:
+    """One pass over a file: its hex SHA-256 and the offset of its first invalid UTF-8 byte (``None``:
+    all valid, or ``utf8=False``: not checked). Read in 1 MiB chunks through an incremental decoder, so
+    a character cut by a chunk's end is judged whole and memory stays constant."""
+    import codecs
+
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")() if utf8 else None
+    consumed, bad = 0, None  # bytes fed to the decoder so far
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            digest.update(chunk)
+            if decoder is not None and bad is None:
+                pending = len(decoder.getstate()[0])  # an unfinished character from the last chunk
+                try:
+                    decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as e:
+                    bad = consumed - pending + e.start
+                consumed += len(chunk)
+            if not chunk:
+                break
+    return digest.hexdigest(), bad
+
+
+def check_utf8(path: str | os.PathLike) -> None:
+    """Raise :class:`InvalidUTF8Error` (``FILE: invalid UTF-8 at byte N``) unless ``path`` is UTF-8."""
+    bad = scan_file(path)[1]
+    if bad is not None:
+        raise InvalidUTF8Error(path, bad)
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:

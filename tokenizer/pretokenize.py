@@ -18,6 +18,7 @@ import os
 import re
 import select
 import signal
+import sys
 from collections import Counter
 from collections.abc import Callable
 from itertools import pairwise
@@ -173,6 +174,36 @@ def _read_exact(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
+_prctl = None  # libc's prctl on Linux, loaded once in the parent (ctypes then costs no worker anything)
+
+
+def _load_prctl():
+    global _prctl
+    if _prctl is None and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # no libc to speak of: only the pipe fallback is left
+            _prctl = False
+    return _prctl or None
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a forked worker: be killed when ``parent`` dies, even by kill -9 (no orphan left under PID 1).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; should the parent have died between ``fork`` and the
+    ``prctl``, the signal never comes, so the parent is checked once more afterwards. Elsewhere the
+    pipe is the fallback: a worker's next ``send`` to a parent that is gone fails (EPIPE, or SIGPIPE)
+    and the worker leaves.
+    """
+    prctl = _load_prctl()
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 class Workers:
     """``n`` forked processes, each sending messages (bytes) to this one through its own pipe.
 
@@ -192,12 +223,17 @@ class Workers:
 
     A message is a kind byte, a 64-bit length and the payload: ``D`` data, ``E`` a pickled exception,
     ``F`` finished.
+
+    A worker dies with this process, however it ends (``_die_with_parent``): a kill -9 of the parent
+    leaves no worker behind, whether it was computing or blocked writing to its pipe.
     """
 
     def __init__(self, n: int, work: Callable[[int, Callable[[bytes], None]], None]) -> None:
         self._fds: list[int] = []  # read end of each worker's pipe
         self._pids: list[int] = []
         self._running: set[int] = set()  # workers that have not sent F
+        if n > 0:
+            _load_prctl()  # before forking: each worker inherits it instead of importing ctypes
         try:
             for i in range(n):
                 self._fork(i, work)
@@ -207,6 +243,7 @@ class Workers:
 
     def _fork(self, i: int, work: Callable[[int, Callable[[bytes], None]], None]) -> None:
         read_fd, write_fd = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid != 0:  # the parent
             os.close(write_fd)
@@ -216,6 +253,7 @@ class Workers:
             return
         status = 1
         try:
+            _die_with_parent(parent)
             for fd in [*self._fds, read_fd]:  # the other workers' pipes are none of this one's business
                 os.close(fd)
             work(i, lambda data: _send(write_fd, b"D", data))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # sha256_file is part of this module's API too (tests and prepare use download.sha256_file).
-from tokenizer.files import atomic_write, fsync_dir, sha256_file, write_json
+from tokenizer.files import atomic_write, fsync_dir, replace, sha256_file, sweep_stale_temps, write_json
 
 _CHUNK = 1 << 20
 
@@ -184,7 +184,7 @@ def download_file(
     else:
         with open(part, "rb") as f:  # the verified bytes are on disk before their final name is
             os.fsync(f.fileno())
-        os.replace(part, dest)  # the .part is beside dest: an atomic rename
+        replace(part, dest)  # the .part is beside dest: an atomic rename (files.replace: the test hook)
         fsync_dir(dest.parent)
     record = {"url": remote.url, "downloaded_bytes": size, "sha256": digest, "gzipped": remote.gzipped}
     write_json(dest.with_name(dest.name + ".source.json"), record)
@@ -219,6 +219,7 @@ def download_dataset(dataset: str, data_dir: str | os.PathLike = "data", **kwarg
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(sorted(DATASETS))}")
     folder = dataset_dir(dataset, data_dir)
+    sweep_stale_temps(folder)  # a killed run's temporaries (not its .part files: those resume)
     return {r.filename: download_file(r, folder / r.filename, **kwargs) for r in DATASETS[dataset]}
 
 

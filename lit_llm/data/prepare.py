@@ -14,6 +14,13 @@ Every output is built in a temporary folder and renamed into place (``tokenizer.
 so a folder that exists is whole: its existence is the cache hit. Nothing is reused when an input
 changed, because every input is part of the key; a file's SHA-256 is itself cached by (path, size,
 mtime), so a warm run hashes nothing.
+
+A cache that is only partly written never validates: folders appear whole or not at all (above); the
+quickstart corpus's ``corpus.json`` is removed before its text files are rewritten and written after
+them. Stale temporary files of killed runs (``tokenizer.files.sweep_stale_temps``) are swept from
+every folder a step writes into before it writes. Invalid UTF-8 in a text is refused up front, naming
+that file and the byte (``FILE: invalid UTF-8 at byte N``, found in the same pass that hashes it),
+unless ``data.errors=replace``, which then applies to tokenizer training and encoding alike.
 """
 
 from __future__ import annotations
@@ -28,7 +35,16 @@ from pathlib import Path
 from lit_llm.data import download, synthetic
 from tokenizer.bpe import train_bpe
 from tokenizer.encode_to_npy import encode_file
-from tokenizer.files import EOT, building_dir, read_json, sha256_file, write_json
+from tokenizer.files import (
+    EOT,
+    UTF8_ERRORS,
+    InvalidUTF8Error,
+    building_dir,
+    read_json,
+    scan_file,
+    sweep_stale_temps,
+    write_json,
+)
 from tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -63,6 +79,8 @@ class DataSpec:
     synthetic_stories: int = 10000
     synthetic_val_stories: int = 1000
     synthetic_seed: int = 0
+    errors: str = "strict"
+    """Invalid UTF-8 in a text: refuse it (strict) or replace it by U+FFFD (replace)."""
 
     def problems(self) -> list[str]:
         """Every invalid field, one phrase each (reported all at once, naming the key)."""
@@ -83,6 +101,8 @@ class DataSpec:
             out.append(
                 f"data.special_tokens={list(self.special_tokens)!r}: expected distinct non-empty strings"
             )
+        if self.errors not in UTF8_ERRORS:
+            out.append(f"data.errors={self.errors!r}: expected one of {', '.join(UTF8_ERRORS)}")
         least = 256 + len(self.special_tokens)
         if not _is_int(self.vocab_size) or self.vocab_size < least:
             out.append(
@@ -120,20 +140,36 @@ class Prepared:
 # -- file identity -----------------------------------------------------------------------------------
 
 
-def file_digest(path: Path, cache_dir: Path) -> str:
-    """SHA-256 of a file's content, remembered by (absolute path, size, mtime) so it is computed once."""
+def _file_record(path: Path, cache_dir: Path) -> dict:
+    """A file's SHA-256 and first invalid UTF-8 byte (``invalid_utf8_at``, None if none), computed in
+    one pass and remembered by (absolute path, size, mtime) so that a warm run reads nothing."""
     st = path.stat()
     record_path = cache_dir / (hashlib.sha1(str(path.resolve()).encode()).hexdigest() + ".json")
     stamp = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     try:
         record = json.loads(record_path.read_text())
-        if {k: record.get(k) for k in stamp} == stamp:
-            return record["sha256"]
+        if {k: record.get(k) for k in stamp} == stamp and "invalid_utf8_at" in record:
+            return {"sha256": record["sha256"], "invalid_utf8_at": record["invalid_utf8_at"]}
     except (OSError, ValueError, KeyError):
         pass
-    digest = sha256_file(path)
-    write_json(record_path, {**stamp, "sha256": digest})
-    return digest
+    digest, bad = scan_file(path)
+    sweep_stale_temps(cache_dir)
+    write_json(record_path, {**stamp, "sha256": digest, "invalid_utf8_at": bad})
+    return {"sha256": digest, "invalid_utf8_at": bad}
+
+
+def file_digest(path: Path, cache_dir: Path) -> str:
+    """SHA-256 of a file's content, remembered by (absolute path, size, mtime) so it is computed once."""
+    return _file_record(path, cache_dir)["sha256"]
+
+
+def check_text(spec: DataSpec, path: Path, cache_dir: Path) -> str:
+    """``path``'s SHA-256, after refusing invalid UTF-8 in it (``FILE: invalid UTF-8 at byte N``) unless
+    ``spec.errors == "replace"``. Run on the user's own file, so the error names it, not a split."""
+    record = _file_record(path, cache_dir)
+    if record["invalid_utf8_at"] is not None and spec.errors != "replace":
+        raise InvalidUTF8Error(path, record["invalid_utf8_at"])
+    return record["sha256"]
 
 
 def _key(**parts) -> str:
@@ -203,6 +239,7 @@ def split_file(spec: DataSpec, source: Path, digest: str, *, build: bool) -> tup
                 f"data.val_fraction={spec.val_fraction}: {source} has no story or line boundary in its last "
                 f"{size - int(size * (1 - spec.val_fraction))} bytes, so the validation split would be empty"
             )
+        sweep_stale_temps(folder.parent)
         with building_dir(folder) as tmp:
             _copy_range(source, tmp / "train.txt", 0, cut)
             _copy_range(source, tmp / "valid.txt", cut, size)
@@ -230,6 +267,10 @@ def _quickstart_corpus(spec: DataSpec, build: bool) -> tuple[Path, Path]:
         return train, valid
     if not build:
         raise _missing(meta)
+    # The description is removed first and written last: a run killed in between leaves no corpus.json,
+    # so whatever text files it left are never taken for a corpus of any settings.
+    meta.unlink(missing_ok=True)
+    sweep_stale_temps(folder)
     synthetic.write_corpus(train, spec.synthetic_stories, seed=spec.synthetic_seed)
     synthetic.write_corpus(valid, spec.synthetic_val_stories, seed=f"{spec.synthetic_seed}-valid")
     write_json(meta, params)
@@ -248,8 +289,11 @@ def text_files(spec: DataSpec, *, build: bool = True) -> tuple[Path, Path]:
     if spec.train_file:
         train = _check_text(Path(spec.train_file).expanduser(), "train_file")
         if spec.val_file:
-            return train, _check_text(Path(spec.val_file).expanduser(), "val_file")
-        return split_file(spec, train, file_digest(train, hashes), build=build)
+            valid = _check_text(Path(spec.val_file).expanduser(), "val_file")
+            check_text(spec, train, hashes)
+            check_text(spec, valid, hashes)
+            return train, valid
+        return split_file(spec, train, check_text(spec, train, hashes), build=build)
     if spec.dataset == "quickstart":
         return _quickstart_corpus(spec, build)
     files = {
@@ -262,7 +306,7 @@ def text_files(spec: DataSpec, *, build: bool = True) -> tuple[Path, Path]:
         if not path.is_file():
             raise _missing(path)
     if "input.txt" in files:  # one file (Tiny Shakespeare): split it
-        return split_file(spec, files["input.txt"], file_digest(files["input.txt"], hashes), build=build)
+        return split_file(spec, files["input.txt"], check_text(spec, files["input.txt"], hashes), build=build)
     return files["train.txt"], files["valid.txt"]
 
 
@@ -288,6 +332,7 @@ def build_tokenizer(spec: DataSpec, train: Path, train_digest: str, label: str, 
         return folder
     if not build:
         raise _missing(folder)
+    sweep_stale_temps(folder.parent)
     with building_dir(folder) as tmp:
         source = train
         if spec.tokenizer_train_bytes is not None:
@@ -323,12 +368,15 @@ def encode_splits(
         raise _missing(folder)
     meta = {"tokenizer": tokenizer.fingerprint, "tokenizer_dir": str(tok_dir), "key": key}
     t0 = time.perf_counter()
+    sweep_stale_temps(folder.parent)
     with building_dir(folder) as tmp:
         for name, (path, digest) in texts.items():
             workers = spec.tokenizer_workers
             if workers is None and path.stat().st_size < _IN_PROCESS_BYTES:
                 workers = 1
-            n_tokens = encode_file(path, tmp / f"{name}.npy", tokenizer, num_workers=workers)
+            n_tokens = encode_file(
+                path, tmp / f"{name}.npy", tokenizer, num_workers=workers, errors=spec.errors, progress=True
+            )
             meta[name] = {
                 "source": str(path),
                 "sha256": digest,
@@ -352,7 +400,7 @@ def prepare(spec: DataSpec, *, build: bool = True) -> Prepared:
         raise ValueError("invalid data config: " + "; ".join(problems))
     train, valid = text_files(spec, build=build)
     hashes = Path(spec.artifacts_dir) / "hashes"
-    digests = {"train": file_digest(train, hashes), "valid": file_digest(valid, hashes)}
+    digests = {"train": check_text(spec, train, hashes), "valid": check_text(spec, valid, hashes)}
     label = Path(spec.train_file).stem if spec.train_file else spec.dataset
     tok_dir = build_tokenizer(spec, train, digests["train"], label, build=build)
     tokenizer = Tokenizer.from_dir(tok_dir)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer.files import EOT, atomic_write
+from tokenizer.files import EOT, atomic_write, sweep_stale_temps
 
 GENERATOR_VERSION = 3  # bump whenever the text changes, so that cached corpora are rebuilt
 
@@ -426,6 +426,7 @@ def write_corpus(path: str | os.PathLike, n_stories: int, seed: int | str = 0) -
     if n_stories < 1:
         raise ValueError(f"n_stories={n_stories}: expected at least 1 story")
     path = Path(path)
+    sweep_stale_temps(path.parent)  # the temporaries of runs killed while writing (a full disk's too)
     with atomic_write(path, "w", encoding="utf-8", newline="\n") as f:
         for story in generate_stories(n_stories, seed):
             f.write(story + "\n" + EOT + "\n")
