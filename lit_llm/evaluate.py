@@ -184,7 +184,7 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
 
 def check_data_file(path: str | os.PathLike) -> None:
     """``data=`` exists and is a valid .npy token array or UTF-8 text (checked before the model loads)."""
-    from lit_llm.loading import check_utf8_file
+    from tokenizer.files import check_utf8
 
     path = Path(path)
     if not path.is_file():
@@ -192,7 +192,7 @@ def check_data_file(path: str | os.PathLike) -> None:
     if path.suffix == ".npy":
         load_npy(path)
     else:
-        check_utf8_file(path, "data")
+        check_utf8(path)  # one policy for every text we read: FILE: invalid UTF-8 at byte N
 
 
 # -- command line -------------------------------------------------------------------------------------

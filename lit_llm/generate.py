@@ -31,7 +31,7 @@ from torch import Tensor
 from lit_llm import cli
 from lit_llm.model import TransformerLM
 from lit_llm.sampling import check_sampling_args, sample_next
-from tokenizer.files import EOT
+from tokenizer.files import EOT, InvalidUTF8Error
 from tokenizer.tokenizer import Tokenizer
 
 
@@ -251,7 +251,7 @@ def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"prompt_file={prompt_file}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise InvalidUTF8Error(prompt_file, e.start) from None
     prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"prompt_file={prompt_file}: holds no prompt (one per line expected)")

@@ -9,12 +9,11 @@ a ``.ckpt``'s entries are checked against their CRC-32s (``safe_load``), an expo
 ``model.safetensors`` against the sha256 its ``config.json`` records (``WEIGHTS_HASH_KEY``).
 
 The tools' start-up checks live here too, so that a bad argument is refused before a model is loaded
-or anything printed: :func:`resolve_device`, :func:`check_writable`, :func:`check_utf8_file`.
+or anything printed: :func:`resolve_device`, :func:`check_writable`.
 """
 
 from __future__ import annotations
 
-import codecs
 import errno
 import os
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 from lit_llm.checkpoint import CheckpointError, check_state_dict, safe_load
 from lit_llm.model import ModelConfig, TransformerLM
-from tokenizer.files import read_json, sha256_file, temp_path
+from tokenizer.files import probe_writable, read_json, sha256_file
 from tokenizer.tokenizer import Tokenizer
 
 MODEL_FILE = "model.safetensors"
@@ -242,43 +241,17 @@ def resolve_device(spec: Any, key: str = "device") -> torch.device:
 
 def check_writable(path: str | os.PathLike, key: str = "out") -> None:
     """Refuse (one ValueError line naming the path and the OS's reason) an output that could not be
-    written, before any work: create and remove a temporary file where the output would be made (the
-    nearest existing folder above it: the writers create missing parents)."""
+    written, before any work: probe the nearest existing folder above it (the writers create missing
+    parents) with ``tokenizer.files.probe_writable``."""
     path = Path(path)
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    probe = temp_path(folder / path.name)
     try:
         if not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        with open(probe, "xb"):
-            pass
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as e:
         reason = os.strerror(e.errno) if e.errno else str(e)
         where = "" if folder == path.parent else f" (in {folder})"
         raise ValueError(f"{key}={path}: cannot be written{where}: {reason}") from None
-
-
-def check_utf8_file(path: str | os.PathLike, key: str, chunk_bytes: int = 1 << 20) -> None:
-    """Refuse a file that is not UTF-8 text: one ValueError line naming it and the first bad byte's
-    offset. Read in chunks (constant memory)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0  # bytes handed to the decoder so far
-    try:
-        with open(path, "rb") as f:
-            while True:
-                chunk = f.read(chunk_bytes)
-                pending = len(decoder.getstate()[0])
-                try:
-                    decoder.decode(chunk, final=not chunk)
-                except UnicodeDecodeError as e:
-                    raise ValueError(
-                        f"{key}={path}: not UTF-8 text (byte {offset - pending + e.start}: {e.reason})"
-                    ) from None
-                if not chunk:
-                    return
-                offset += len(chunk)
-    except OSError as e:
-        raise ValueError(f"{key}={path}: cannot be read: {os.strerror(e.errno) if e.errno else e}") from None

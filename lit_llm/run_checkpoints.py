@@ -19,6 +19,7 @@ Why not Lightning's own pieces as they are:
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
 from lit_llm.checkpoint import safe_load, save
+from lit_llm.cli import is_disk_error
 from tokenizer.files import copy_file
 
 LAST = "last.ckpt"
@@ -37,6 +39,19 @@ def _is_remote(path: Any) -> bool:
     return "://" in str(path)
 
 
+def _disk_error(exc: BaseException) -> OSError | None:
+    """The full/read-only/forbidden-disk ``OSError`` behind ``exc``: torch.save reports a failed write as a
+    RuntimeError ("PytorchStreamWriter failed writing ..."), the OSError only as its ``__context__``."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and is_disk_error(seen):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Local checkpoint files written all-or-nothing, read with ``weights_only=True``."""
 
@@ -45,7 +60,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if _is_remote(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        save(checkpoint, path)
+        try:
+            save(checkpoint, path)
+        except (OSError, RuntimeError) as exc:
+            disk = _disk_error(exc)
+            if disk is None:
+                raise
+            # One line naming the checkpoint (the CLI prints "error: cannot write PATH: CAUSE").
+            raise OSError(disk.errno, os.strerror(disk.errno), str(path)) from None
 
     def load_checkpoint(
         self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None

@@ -68,25 +68,13 @@ OmegaConf.register_new_resolver("lit_llm.run_dir", run_dir, replace=True)
 
 
 def check_writable(*folders: str | Path) -> None:
-    """Make each folder (with its parents) and create and remove a probe file in it: a read-only, full or
-    forbidden location fails now, as an ``OSError`` naming it, rather than at the first checkpoint."""
-    from tokenizer.files import temp_path
+    """Make each folder (with its parents) and probe it (``tokenizer.files.probe_writable``): a read-only,
+    full or forbidden location fails now, as an ``OSError`` naming it, rather than at the first checkpoint."""
+    from tokenizer.files import probe_writable
 
     for folder in dict.fromkeys(str(f) for f in folders):
         os.makedirs(folder, exist_ok=True)
-        probe = temp_path(Path(folder) / "write-probe")
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            raise OSError(exc.errno, os.strerror(exc.errno), folder) from None
-        try:
-            os.write(fd, b"probe")
-        except OSError as exc:
-            raise OSError(exc.errno, os.strerror(exc.errno), folder) from None
-        finally:
-            os.close(fd)
-            with suppress(OSError):
-                os.unlink(probe)
+        probe_writable(folder)
 
 
 def output_folders(config: dict[str, Any]) -> list[str]:

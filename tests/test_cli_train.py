@@ -77,10 +77,14 @@ def test_stopping_early_is_reported(tmp_path, capsys):
     assert json.loads((tmp_path / "tok" / "meta.json").read_text())["stopped_early"] is True
 
 
-def test_invalid_utf8_warns_and_trains(tmp_path, capsys):
+def test_invalid_utf8_is_refused_unless_errors_replace(tmp_path, capsys):
     path = tmp_path / "latin1.txt"
     path.write_bytes(b"caf\xe9 au lait, caf\xe9 noir\n" * 10)
     code, _, stderr = run(capsys, "--input", path, "--vocab-size", 300, "--out", tmp_path / "tok")
+    assert (code, stderr.strip()) == (1, f"error: {path}: invalid UTF-8 at byte 3")
+    assert not (tmp_path / "tok").exists()
+    args = ("--input", path, "--vocab-size", 300, "--out", tmp_path / "tok", "--errors", "replace")
+    code, _, stderr = run(capsys, *args)
     assert code == 0
     assert f"warning: {path}: replaced 20 invalid UTF-8 sequence(s) with U+FFFD" in stderr
     assert json.loads((tmp_path / "tok" / "meta.json").read_text())["invalid_utf8_replaced"] == 20

@@ -17,6 +17,7 @@ from lit_llm.checkpoint import load_model
 from lit_llm.export import export_model, interleaved_to_half_rows
 from lit_llm.model import RotaryEmbedding
 from tests.tiny_lm import SMALL_MERGES, byte_tokenizer, one_thread, tiny_model, write_lightning_ckpt  # noqa: F401
+from tokenizer.files import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "the cat and the hat\nsat on a mat <|endoftext|> then ran"
@@ -33,7 +34,10 @@ def test_lit_export_round_trip_gives_identical_logits(tmp_path: Path) -> None:
         "tokenizer.json",
         "meta.json",
     }
-    assert json.loads((out / "config.json").read_text()) == model.config.to_dict()
+    assert json.loads((out / "config.json").read_text()) == {  # the config, and the weights' hash
+        **model.config.to_dict(),
+        "sha256": {"model.safetensors": sha256_file(out / "model.safetensors")},
+    }
     loaded, loaded_tokenizer = load_model(out)
     tokens = torch.randint(0, 262, (2, 16), generator=torch.Generator().manual_seed(0))
     state = model.state_dict()  # the weights come back bit for bit (a copy); the logits to rounding

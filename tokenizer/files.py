@@ -183,6 +183,25 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create and remove a temporary file in ``folder``: a read-only, full or forbidden location fails
+    now, as an ``OSError`` naming the folder and the OS's reason, instead of after the work."""
+    folder = os.fspath(folder)
+    probe = temp_path(Path(folder) / "write-probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc), folder) from None
+    try:
+        os.write(fd, b"probe")
+    except OSError as exc:
+        raise OSError(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc), folder) from None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -262,11 +281,7 @@ def check_utf8(path: str | os.PathLike) -> None:
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return scan_file(path, utf8=False, chunk_bytes=chunk_bytes)[0]
 
 
 class ProgressBar:

@@ -102,6 +102,7 @@ class TokenWindowDataModule(L.LightningDataModule):
         synthetic_stories: int = 10000,
         synthetic_val_stories: int = 1000,
         synthetic_seed: int = 0,
+        errors: str = "strict",
     ):
         super().__init__()
         self.spec = DataSpec(
@@ -118,6 +119,7 @@ class TokenWindowDataModule(L.LightningDataModule):
             synthetic_stories=synthetic_stories,
             synthetic_val_stories=synthetic_val_stories,
             synthetic_seed=synthetic_seed,
+            errors=errors,
         )
         self.context_length, self.batch_size, self.seed = context_length, batch_size, seed
         self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size

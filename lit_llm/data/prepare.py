@@ -398,6 +398,11 @@ def prepare(spec: DataSpec, *, build: bool = True) -> Prepared:
     problems = spec.problems()
     if problems:
         raise ValueError("invalid data config: " + "; ".join(problems))
+    if build:  # the leftovers of killed runs, in every folder the steps write into (hits included)
+        artifacts = Path(spec.artifacts_dir)
+        for folder in ("hashes", "splits", "tokenizers", "tokens"):
+            sweep_stale_temps(artifacts / folder)
+        sweep_stale_temps(download.dataset_dir(spec.dataset, spec.data_dir))
     train, valid = text_files(spec, build=build)
     hashes = Path(spec.artifacts_dir) / "hashes"
     digests = {"train": check_text(spec, train, hashes), "valid": check_text(spec, valid, hashes)}
