@@ -28,6 +28,14 @@ def fixture_file():
     return get
 
 
+@pytest.fixture(scope="session")
+def session_data_paths(tmp_path_factory) -> list[str]:
+    """Overrides giving every training subprocess of the session one data/ and artifacts/ folder: the
+    corpus, tokenizer and token arrays are built by the first run and reused (cached by their inputs)."""
+    root = tmp_path_factory.getbasetemp() / "lit_llm_train_data"
+    return [f"paths.data_dir={root / 'data'}", f"paths.artifacts_dir={root / 'artifacts'}"]
+
+
 @pytest.fixture
 def seeded_single_thread():
     """Seed torch and run on one intra-op thread (restored afterwards).

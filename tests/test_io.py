@@ -140,7 +140,7 @@ def test_from_files_names_the_vocab_file_for_a_missing_special_token():
 
 
 def _texts(fixtures_dir) -> list[str]:
-    """The shared texts, Tiny Shakespeare cut to 200 kB: HF's encoder runs at ~1.5 MB/s."""
+    """The fixture texts, Tiny Shakespeare cut to 200 kB: HF's encoder runs at ~1.5 MB/s."""
     return [TRICKY] + [(fixtures_dir / n).read_text(encoding="utf-8")[:200_000] for n in TEXT_FILES]
 
 

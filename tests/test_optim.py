@@ -159,3 +159,15 @@ def test_warmup_cosine_schedule():
     assert all(a >= b for a, b in zip(values[7:21], values[8:22], strict=True))  # then falls
     with pytest.raises(ValueError, match="warmup_iters=10, cosine_cycle_iters=5"):
         warmup_cosine(0, 1.0, 0.1, 10, 5)
+
+
+def test_clip_grad_norm_with_an_infinite_bound_only_measures() -> None:
+    params = [torch.nn.Parameter(torch.randn(3, 4)) for _ in range(3)]
+    for p in params:
+        p.grad = torch.randn_like(p) * 10
+    before = [p.grad.clone() for p in params]
+    expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params]))
+    norm = clip_grad_norm(params, math.inf)
+    torch.testing.assert_close(norm, expected)
+    for p, g in zip(params, before, strict=True):
+        assert torch.equal(p.grad, g)  # untouched: no op ran on the gradients

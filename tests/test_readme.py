@@ -39,7 +39,7 @@ def test_every_config_choice_named_exists(group: str) -> None:
 
 
 def test_self_contained_python_examples_run(fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The model example and the GPT-2 tokenizer example (they need only ../shared/data)."""
+    """The model example and the GPT-2 tokenizer example (they need only tests/fixtures/)."""
     monkeypatch.chdir(REPO)
     runnable = [b for b in code_blocks("python") if "TransformerLM" in b or "gpt2_vocab.json" in b]
     assert len(runnable) == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from test_train_e2e import REPO, only, run_train, shared_data_paths  # noqa: F401  (a fixture)
+from test_train_e2e import REPO, only, run_train
 
 
 class FirstBatchProbe(Callback):
@@ -32,7 +32,7 @@ class FirstBatchProbe(Callback):
 
 
 @pytest.mark.slow
-def test_ddp_sim_ranks_train_on_different_windows(tmp_path: Path, shared_data_paths, monkeypatch) -> None:  # noqa: F811
+def test_ddp_sim_ranks_train_on_different_windows(tmp_path: Path, session_data_paths, monkeypatch) -> None:
     probe_dir = tmp_path / "probe"
     # The training processes import this file as a module to build the probe.
     monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))
@@ -44,7 +44,7 @@ def test_ddp_sim_ranks_train_on_different_windows(tmp_path: Path, shared_data_pa
         "callbacks.progress_bar=null",
         "+callbacks.probe._target_=test_train_ddp.FirstBatchProbe",
         f"+callbacks.probe.out_dir={probe_dir}",
-        *shared_data_paths,
+        *session_data_paths,
     )
     ranks = [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)

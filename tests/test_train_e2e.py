@@ -26,14 +26,6 @@ SCALAR_TAGS = {
 }
 
 
-@pytest.fixture(scope="session")
-def shared_data_paths(tmp_path_factory) -> list[str]:
-    """One data/ and artifacts/ folder for every training subprocess of the session: the corpus,
-    tokenizer and token arrays are built by the first run and reused (they are cached by their inputs)."""
-    root = tmp_path_factory.getbasetemp() / "lit_llm_train_data"
-    return [f"paths.data_dir={root / 'data'}", f"paths.artifacts_dir={root / 'artifacts'}"]
-
-
 def run_train(cwd: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("HYDRA_FULL_ERROR", None)
@@ -57,10 +49,10 @@ def only(paths: list[Path]) -> Path:
     return paths[0]
 
 
-def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path, shared_data_paths) -> None:
+def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path, session_data_paths) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_train(tmp_path, "experiment=quickstart", "debug=fast", "logger=tensorboard", *shared_data_paths)
+    run_train(tmp_path, "experiment=quickstart", "debug=fast", "logger=tensorboard", *session_data_paths)
     run_dir = only(list((tmp_path / "logs" / "debug").iterdir()))
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
@@ -96,7 +88,7 @@ def read_metrics(run_dir: Path) -> dict[str, dict[int, str]]:
 
 
 @pytest.mark.slow
-def test_resume_reproduces_the_uninterrupted_run_step_for_step(tmp_path: Path, shared_data_paths) -> None:
+def test_resume_reproduces_the_uninterrupted_run_step_for_step(tmp_path: Path, session_data_paths) -> None:
     n = 3
     common = [
         "debug=fast",
@@ -105,7 +97,7 @@ def test_resume_reproduces_the_uninterrupted_run_step_for_step(tmp_path: Path, s
         f"scheduler.cosine_cycle_iters={2 * n}",  # the schedule of the 2n-step run in both cases
         "trainer.enable_progress_bar=false",  # the configured bar and summary are dropped, not refused
         "trainer.enable_model_summary=false",
-        *shared_data_paths,
+        *session_data_paths,
     ]
     run_train(tmp_path, *common, "name=straight", f"trainer.max_steps={2 * n}")
     run_train(tmp_path, *common, "name=split", f"trainer.max_steps={n}")
@@ -133,11 +125,11 @@ def test_resume_reproduces_the_uninterrupted_run_step_for_step(tmp_path: Path, s
 
 
 def test_diverging_run_stops_with_one_line_and_writes_no_checkpoint(
-    tmp_path: Path, shared_data_paths
+    tmp_path: Path, session_data_paths
 ) -> None:
     # lr 1e30: step 0 is finite, its update makes every later loss NaN, before the first validation.
     result = run_train(
-        tmp_path, "debug=fast", "optimizer.lr=1e30", "scheduler.min_lr=0", *shared_data_paths, check=False
+        tmp_path, "debug=fast", "optimizer.lr=1e30", "scheduler.min_lr=0", *session_data_paths, check=False
     )
     assert result.returncode == 1
     assert "error: non-finite training loss (NaN or inf) between steps 1 and 2" in result.stderr

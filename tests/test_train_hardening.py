@@ -18,13 +18,6 @@ from lit_llm import cli, train
 from tests.test_train_e2e import REPO, run_train
 
 
-@pytest.fixture(scope="session")
-def data_paths(tmp_path_factory) -> list[str]:
-    """test_train_e2e's shared data/ and artifacts/ (built once per session, reused)."""
-    root = tmp_path_factory.getbasetemp() / "lit_llm_train_data"
-    return [f"paths.data_dir={root / 'data'}", f"paths.artifacts_dir={root / 'artifacts'}"]
-
-
 def assert_one_error_line(result, *needles: str) -> str:
     """rc 1, no traceback, the last stderr line ``error: ...`` holding every needle; returns that line."""
     output = result.stdout + result.stderr
@@ -65,7 +58,7 @@ def test_run_dir_gives_runs_of_the_same_second_folders_of_their_own(tmp_path, mo
     assert all(Path(p).is_dir() for p in (first, second, sweep))
 
 
-def test_a_run_never_lands_in_an_existing_run_folder(tmp_path, data_paths) -> None:
+def test_a_run_never_lands_in_an_existing_run_folder(tmp_path, session_data_paths) -> None:
     # Another run started in this second (and the next few) already owns logs/debug/<timestamp>/.
     now = datetime.now().timestamp()
     taken = []
@@ -74,13 +67,13 @@ def test_a_run_never_lands_in_an_existing_run_folder(tmp_path, data_paths) -> No
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "theirs").write_text("another run's file")
         taken.append(folder)
-    run_train(tmp_path, "debug=fast", *data_paths)
+    run_train(tmp_path, "debug=fast", *session_data_paths)
     ours = [p for p in run_folders(tmp_path) if (p / "checkpoints" / "last.ckpt").is_file()]
     assert len(ours) == 1 and ours[0] not in taken, ours
     assert ours[0].name.rsplit("-", 1)[0] in {p.name for p in taken}  # <timestamp>-1
     assert not any((p / "checkpoints").exists() or (p / ".hydra").exists() for p in taken)
     # ckpt_path=last finds it (and the resumed run gets yet another folder).
-    resumed = run_train(tmp_path, "debug=fast", "ckpt_path=last", "trainer.max_steps=6", *data_paths)
+    resumed = run_train(tmp_path, "debug=fast", "ckpt_path=last", "trainer.max_steps=6", *session_data_paths)
     assert f"resuming {ours[0] / 'checkpoints' / 'last.ckpt'}" in resumed.stdout + resumed.stderr
 
 
@@ -111,10 +104,10 @@ def test_check_checkpoint_refuses_a_bad_file_in_one_line(tmp_path, kind) -> None
 
 
 @pytest.mark.parametrize("kind", ["truncated", "refused"])
-def test_resuming_from_a_bad_file_is_one_line_before_any_work(tmp_path, kind, data_paths) -> None:
+def test_resuming_from_a_bad_file_is_one_line_before_any_work(tmp_path, kind, session_data_paths) -> None:
     path = tmp_path / "bad.ckpt"
     _bad_checkpoint(kind, path)
-    result = run_train(tmp_path, "debug=fast", f"ckpt_path={path}", *data_paths, check=False)
+    result = run_train(tmp_path, "debug=fast", f"ckpt_path={path}", *session_data_paths, check=False)
     assert_one_error_line(result, str(path))
     assert "Restoring states" not in result.stdout + result.stderr  # refused before the Trainer ran
     assert run_folders(tmp_path) == []  # nothing of a run: no folder left (defect 11)
@@ -204,7 +197,7 @@ def test_a_checkpoint_written_to_a_full_disk_is_an_os_error_naming_it(tmp_path, 
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
-def test_a_read_only_checkpoint_folder_fails_at_start_up(tmp_path, data_paths) -> None:
+def test_a_read_only_checkpoint_folder_fails_at_start_up(tmp_path, session_data_paths) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -213,7 +206,7 @@ def test_a_read_only_checkpoint_folder_fails_at_start_up(tmp_path, data_paths) -
             tmp_path,
             "debug=fast",
             f"callbacks.model_checkpoint.dirpath={ro}",
-            *data_paths,
+            *session_data_paths,
             check=False,
         )
     finally:

@@ -75,6 +75,17 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
+def _removed_on_failure(tmp: Path) -> Iterator[None]:
+    """Remove the temporary file ``tmp`` if the block fails in any way (``KeyboardInterrupt`` too)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
     """``with atomic_write(path, "w", encoding="utf-8") as f: ...``: ``path`` appears complete or not at all.
 
@@ -86,17 +97,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
-    try:
+    with _removed_on_failure(tmp):
         # "x": never clobber an existing file; default permissions (mkstemp's would be 0600).
         with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     fsync_dir(path.parent)
 
 
@@ -131,16 +138,14 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     later ``os.replace`` of ``src`` gives it a new inode and leaves ``dst`` intact), else a byte copy."""
     src, dst = Path(src), Path(dst)
     tmp = temp_path(dst)
-    try:
+    with _removed_on_failure(tmp):
         try:
-            os.link(src, tmp)
+            os.link(src, tmp)  # the same inode: its bytes are already as durable as src's
         except OSError:
             shutil.copyfile(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     fsync_dir(dst.parent)
 
 
@@ -190,16 +195,14 @@ def probe_writable(folder: str | os.PathLike) -> None:
     probe = temp_path(Path(folder) / "write-probe")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"probe")  # a full disk shows here, not only at creation
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
     except OSError as exc:
         raise OSError(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc), folder) from None
-    try:
-        os.write(fd, b"probe")
-    except OSError as exc:
-        raise OSError(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc), folder) from None
-    finally:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(probe)
 
 
 def _pid_alive(pid: int) -> bool:

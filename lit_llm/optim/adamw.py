@@ -124,8 +124,9 @@ def clip_grad_norm(parameters: Iterable[Tensor] | Tensor, max_norm: float, eps: 
 
     Returns the norm before clipping, as a tensor: reading it as a Python number would make the host
     wait for the device, so the scale ``min(1, max_norm / (norm + eps))`` is applied unconditionally
-    (a multiply by 1 when no clipping is needed) instead of branching on it. ``parameters`` may be a
-    generator (it is read once into a list) or a single tensor.
+    (a multiply by 1 when no clipping is needed) instead of branching on it. ``max_norm=math.inf``
+    only measures (a host-side check: no pass over the gradients). ``parameters`` may be a generator
+    (it is read once into a list) or a single tensor.
     """
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     grads = [p.grad for p in params if p.grad is not None]
@@ -136,6 +137,8 @@ def clip_grad_norm(parameters: Iterable[Tensor] | Tensor, max_norm: float, eps: 
         norms = torch._foreach_norm(group, 2.0)  # one L2 norm per tensor
         per_group_norms.append(torch.linalg.vector_norm(torch.stack(norms), 2.0).to(grads[0].device))
     total_norm = torch.linalg.vector_norm(torch.stack(per_group_norms), 2.0)
+    if math.isinf(max_norm):
+        return total_norm
     scale = torch.clamp(max_norm / (total_norm + eps), max=1.0)
     for (group,) in _group_by_device_and_dtype(grads):
         torch._foreach_mul_(group, scale.to(group[0].device, group[0].dtype))
