@@ -31,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.diverse_corpus import diverse_corpus_path
 from benchmarks.markov_corpus import SOURCE_DIR, markov_corpus_path
 from tokenizer.io import bytes_to_unicode
 
@@ -145,7 +146,9 @@ def bench(name: str, path: Path, vocab_size: int, repeat: int, workers: int | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the best is shown")
-    parser.add_argument("--mb", type=float, default=50, help="size of the Markov corpus in MB")
+    parser.add_argument(
+        "--mb", type=float, default=50, help="size of the Markov and long-tailed corpora in MB"
+    )
     parser.add_argument(
         "--workers", type=int, default=None, help="our processes (default: all cores)"
     )  # HF: all
@@ -154,7 +157,8 @@ def main() -> None:
     cases = [
         ("corpus.en", SOURCE_DIR / "corpus.en", 500),
         ("tinyshakespeare.txt", SOURCE_DIR / "tinyshakespeare.txt", 10000),
-        (f"Markov {args.mb:g} MB", markov_corpus_path(args.mb), 10000),
+        (f"Markov {args.mb:g} MB (low diversity)", markov_corpus_path(args.mb), 10000),
+        (f"long-tailed {args.mb:g} MB (high diversity)", diverse_corpus_path(args.mb), 10000),
     ]
     for name, path, vocab_size in cases:
         bench(name, path, vocab_size, args.repeat, args.workers)

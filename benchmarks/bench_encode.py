@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.diverse_corpus import diverse_corpus_path
 from benchmarks.markov_corpus import SOURCE_DIR, markov_corpus_path
 from tokenizer.encode_to_npy import _usable_cores, encode_file
 from tokenizer.tokenizer import Tokenizer
@@ -78,8 +79,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     workers = args.workers or _usable_cores()
+    for label, path in (
+        ("low diversity (Markov)", markov_corpus_path(args.mb)),
+        ("high diversity (long-tailed)", diverse_corpus_path(args.mb)),
+    ):
+        print(f"\n=== {label}")
+        bench_corpus(path, workers, args.rounds)
 
-    path = markov_corpus_path(args.mb)
+
+def bench_corpus(path: Path, workers: int, rounds: int) -> None:
+    """Every encoder on one corpus, interleaved rounds, ratios to tiktoken's one thread."""
     text = path.read_text(encoding="utf-8")
     n_mb = len(text.encode("utf-8")) / 1e6
     docs = text.split(EOT)
@@ -121,7 +130,7 @@ def main() -> None:
     }
     best = dict.fromkeys(encoders, float("inf"))
     same: dict[str, bool | None] = dict.fromkeys(encoders)
-    for _ in range(args.rounds):  # interleaved, so that a burst of load elsewhere hits one round only
+    for _ in range(rounds):  # interleaved, so that a burst of load elsewhere hits one round only
         for name, (run, check) in encoders.items():
             result, seconds = timed(run)
             best[name] = min(best[name], seconds)
@@ -131,7 +140,7 @@ def main() -> None:
     tmp.cleanup()
 
     t_tk = best["tiktoken encode_ordinary, 1 thread"]
-    print(f"\nbest of {args.rounds} rounds; MB of UTF-8 input per second of wall time")
+    print(f"\nbest of {rounds} rounds; MB of UTF-8 input per second of wall time")
     print(f"{'encoder':<52} {'MB/s':>7} {'x tiktoken 1T':>14}  ids == ours")
     for name, seconds in best.items():
         same_text = {None: "-", True: "yes", False: "NO"}[same[name]]

@@ -127,10 +127,10 @@ def resolve_ckpt_path(config: dict[str, Any]) -> str | None:
         return None
     if ckpt_path == "last":
         paths = config["paths"]
-        return str(find_last_checkpoint(Path(paths["log_dir"]) / config["name"], exclude=paths["output_dir"]))
-    if not Path(ckpt_path).is_file():
+        ckpt_path = str(find_last_checkpoint(Path(paths["log_dir"]) / config["name"], exclude=paths["output_dir"]))
+    elif not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
-    check_checkpoint(ckpt_path)
+    check_checkpoint(ckpt_path)  # a damaged last.ckpt is refused before any work too
     return ckpt_path
 
 

@@ -141,28 +141,6 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path,
     assert sorted(os.listdir(tmp_path)) == ["best.ckpt", "last.ckpt"]  # no temporary files left
 
 
-def test_last_is_written_at_every_validation_and_best_only_on_improvement(tmp_path: Path) -> None:
-    module, data = make_module(), TinyData()
-    # mode="max" on a loss that falls: only the first validation counts as an improvement.
-    ckpt = RunCheckpoint(dirpath=str(tmp_path), monitor="val/loss", mode="max")
-    trainer = make_trainer(
-        max_steps=7,
-        val_check_interval=2,
-        check_val_every_n_epoch=None,
-        limit_val_batches=1,
-        enable_checkpointing=True,
-        callbacks=[ckpt],
-    )
-    trainer.fit(module, datamodule=data)
-    best = torch.load(tmp_path / "best.ckpt", weights_only=True)
-    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert best["global_step"] == 2
-    assert last["global_step"] == 7  # written at the end, although step 7 was not validated
-    assert ckpt.last_model_path == str(tmp_path / "last.ckpt") and ckpt.best_model_path == str(
-        tmp_path / "best.ckpt"
-    )
-
-
 class Unsafe:
     """Any class: unpickling it would run code of the file's choosing."""
 
