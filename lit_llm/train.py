@@ -127,7 +127,8 @@ def resolve_ckpt_path(config: dict[str, Any]) -> str | None:
         return None
     if ckpt_path == "last":
         paths = config["paths"]
-        ckpt_path = str(find_last_checkpoint(Path(paths["log_dir"]) / config["name"], exclude=paths["output_dir"]))
+        experiment_dir = Path(paths["log_dir"]) / config["name"]
+        ckpt_path = str(find_last_checkpoint(experiment_dir, exclude=paths["output_dir"]))
     elif not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
     check_checkpoint(ckpt_path)  # a damaged last.ckpt is refused before any work too
