@@ -1,21 +1,34 @@
-"""Tokens/s of training through `lit_llm.train` (Lightning, as a user runs it) against a bare PyTorch loop
-doing the same work, in the same process; then the wall time and final val/bpb of the real quickstart.
+"""Training speed through `lit_llm.train` (Lightning, as a user runs it) against plain PyTorch loops, in
+the same process, in alternating rounds.
 
-Same work on both paths: the quickstart model, data windows (the same TokenWindowDataModule, from step 0),
-our AdamW with the same parameter groups, warmup-cosine schedule, our gradient clipping and loss; over
-the timed steps, one validation on the same fixed windows followed by a checkpoint (model + optimizer),
-a final checkpoint, and reading the loss every ``log_every_n_steps`` steps. The Lightning path keeps
-everything a user gets (TensorBoard logger, rich progress bar, throughput/LR/grad-norm logging, the
-non-finite guard, atomic last/best checkpoints) except text samples, which the bare loop has no
-counterpart for. The timed span starts after ``--warmup`` steps and ends when the last checkpoint is on
-disk. Paths are timed in alternating rounds so that a change of machine load hits both alike.
+Three ways to do the same training, timed over the same span:
 
-Two clocks: wall time (what a user waits for), and the process's CPU time (both threads, the
-TensorBoard writer and progress-bar threads included). On a machine shared with other jobs the wall
-clock swings several-fold between rounds; CPU time with ``--threads 1`` (no thread pool spinning while
-descheduled) is the steady measure of the overhead Lightning adds per token.
+* **plain built-in loop**: what a nanoGPT-style ``train.py`` does, the reference. The same architecture
+  written with PyTorch's own modules and kernels (``benchmarks.bench_model.ReferenceLM``: ``nn.Linear``,
+  ``F.rms_norm``, ``F.silu``, ``F.scaled_dot_product_attention``), ``F.cross_entropy``,
+  ``torch.optim.AdamW(fused=True)`` with the same decay groups, ``clip_grad_norm_``, the same
+  warmup-cosine schedule, random windows of the same token file (``get_batch``).
+* **our model, bare loop**: our from-scratch model, loss, AdamW and clipping in the same plain loop; its
+  gap to the first is our ops, its gap to the third is the framework.
+* **lit_llm.train**: ``lit_llm.train.build`` + ``Trainer.fit``, exactly what the command runs, with
+  everything a user gets (TensorBoard logger, progress bar, throughput/LR/grad-norm logging, the
+  non-finite guard, atomic last/best checkpoints) except text samples.
 
-    python -m benchmarks.bench_train [--steps 90] [--warmup 10] [--rounds 3] [--threads N] [--skip-quickstart]
+Each timed span starts at step ``--warmup`` and ends when the last checkpoint is on disk; it holds one
+validation over the same fixed windows followed by a checkpoint (model + optimizer), a final
+checkpoint, and reading the loss every ``log_every_n_steps`` steps. Shapes:
+
+* ``--shape small``: ``experiment=ablation_base`` (4 layers, d_model 128, context 64, batch 12, bytes
+  of Tiny Shakespeare from tests/fixtures).
+* ``--shape base``: the TinyStories base model (vocab 10000, context 256, d_model 512, 4 layers, 16
+  heads, d_ff 1344, batch 8) on the quickstart corpus.
+* ``--shape quickstart``: the default experiment; then also the quickstart command from nothing.
+
+``--compile`` compiles all three (``torch.compile`` on both models, ``compile=true`` for ours).
+Two clocks: wall time, and the process's CPU time (steadier on a shared machine with ``--threads 1``).
+
+    python -m benchmarks.bench_train [--shape small|base|quickstart] [--compile] [--steps N] [--warmup N]
+        [--rounds 3] [--threads N] [--skip-quickstart]
 """
 
 from __future__ import annotations
@@ -24,19 +37,26 @@ import argparse
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 
+from benchmarks.bench_model import ReferenceLM
 from lit_llm.config_schema import SchedulerConfig
 from lit_llm.config_validation import resolve, validate_config
+from lit_llm.data.batch import get_batch
 from lit_llm.losses import cross_entropy
 from lit_llm.module import parameter_groups, schedule_factor
 from lit_llm.optim import AdamW, clip_grad_norm
@@ -44,15 +64,34 @@ from lit_llm.train import build
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+FIXTURES = REPO / "tests" / "fixtures"
+
+SHAPES = {
+    "small": ["experiment=ablation_base"],
+    "base": [
+        "experiment=tinystories",
+        "data=quickstart",
+        "data.vocab_size=10000",
+        "data.batch_size=8",
+    ],
+    "quickstart": [],
+}
 
 
-def quickstart_config(run_dir: Path, steps: int, val_at: int) -> dict:
+def shape_config(shape: str, root: Path, steps: int, val_at: int, compile_: bool) -> dict:
+    """The validated config of ``shape`` with every path under ``root``. The Tiny Shakespeare download
+    of ``small`` is replaced by the copy in tests/fixtures (this machine may be offline)."""
+    raw = root / "data" / "raw" / "shakespeare" / "input.txt"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(FIXTURES / "tinyshakespeare.txt", raw)
     overrides = [
-        f"paths.root_dir={REPO}",
-        f"paths.output_dir={run_dir}",
+        *SHAPES[shape],
+        f"paths.root_dir={root}",
+        f"paths.output_dir={root / 'run'}",
         f"trainer.max_steps={steps}",
         f"trainer.val_check_interval={val_at}",
         "callbacks.text_samples=null",
+        f"compile={str(compile_).lower()}",
     ]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return validate_config(resolve(compose("train", overrides=overrides)))
@@ -77,8 +116,13 @@ class _StartClock(Callback):
             self.start = _now()
 
 
-def lightning_run(config: dict, warmup: int) -> tuple[float, float]:
+def lightning_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, float]:
     """(wall, CPU) seconds from the start of step ``warmup`` until fit() returns (last checkpoint written)."""
+    config["paths"]["output_dir"] = str(run_dir)
+    for node in config["callbacks"].values():
+        if node and "dirpath" in node:
+            node["dirpath"] = str(run_dir / "checkpoints")
+    config["logger"]["tensorboard"]["save_dir"] = str(run_dir)
     trainer, module, datamodule = build(config)
     clock = _StartClock(warmup)
     trainer.callbacks.insert(0, clock)
@@ -86,8 +130,16 @@ def lightning_run(config: dict, warmup: int) -> tuple[float, float]:
     return _since(clock.start)
 
 
-def bare_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, float]:
-    """The same training as a plain PyTorch loop; (wall, CPU) seconds over the same span."""
+def _reference_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay for matrices, none for norm gains and the embedding (our parameter_groups' rule)."""
+    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and not name.startswith("emb.")]
+    rest = [p for name, p in model.named_parameters() if p.ndim < 2 or name.startswith("emb.")]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def plain_run(config: dict, warmup: int, run_dir: Path, *, builtin: bool, compile_: bool) -> tuple[float, float]:
+    """The same training as a plain loop: PyTorch built-ins (``builtin``) or our pieces.
+    (wall, CPU) seconds over the same span as ``lightning_run``."""
     from hydra.utils import instantiate
 
     from lit_llm.model import ModelConfig, TransformerLM
@@ -99,15 +151,42 @@ def bare_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, float]:
     data = instantiate(config["data"], _convert_="all")
     data.prepare_data()
     data.setup("fit")
-    model = TransformerLM.from_config(ModelConfig.from_dict(config["model"]))
-    groups = parameter_groups(model, opt_cfg["weight_decay"])
-    optimizer = AdamW(groups, lr=opt_cfg["lr"], betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"])
+    train_tokens = np.load(data.prepared.train_tokens, mmap_mode="r")
+    batch, context = data.batch_size, config["model"]["context_length"]
+    model_config = ModelConfig.from_dict(config["model"])
+    betas, eps = tuple(opt_cfg["betas"]), opt_cfg["eps"]
+    if builtin:
+        fields = model_config.to_dict()
+        model: nn.Module = ReferenceLM(
+            **{k: fields[k] for k in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads")},
+            d_ff=model_config.resolved_d_ff,
+            rope_theta=model_config.rope_theta,
+        )
+        groups = _reference_groups(model, opt_cfg["weight_decay"])
+        optimizer = torch.optim.AdamW(groups, lr=opt_cfg["lr"], betas=betas, eps=eps, fused=True)
+        params = [p for g in groups for p in g["params"]]
+
+        def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+        def clip_fn() -> None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        model = TransformerLM.from_config(model_config)
+        groups = parameter_groups(model, opt_cfg["weight_decay"])
+        optimizer = AdamW(groups, lr=opt_cfg["lr"], betas=betas, eps=eps)
+        params = [p for g in groups for p in g["params"]]
+        loss_fn = cross_entropy
+
+        def clip_fn() -> None:
+            clip_grad_norm(params, clip)
+
+    forward: Callable = torch.compile(model) if compile_ else model
     lr, min_lr = opt_cfg["lr"], sched_cfg["min_lr"]
     warm, cycle = SchedulerConfig(**sched_cfg).warmup_steps, sched_cfg["cosine_cycle_iters"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda k: schedule_factor(k, lr, min_lr, warm, cycle)
     )
-    params = [p for g in groups for p in g["params"]]
     run_dir.mkdir(parents=True, exist_ok=True)
 
     def checkpoint(step: int) -> None:
@@ -116,15 +195,15 @@ def bare_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, float]:
             run_dir / "last.pt",
         )
 
+    rng = np.random.default_rng(config["seed"])
     start = None
-    batches = iter(data.train_dataloader())
     for step in range(steps):
         if step == warmup:
             start = _now()
-        x, y = next(batches)
-        loss = cross_entropy(model(x), y)
+        x, y = get_batch(train_tokens, batch, context, "cpu", rng)
+        loss = loss_fn(forward(x), y)
         loss.backward()
-        clip_grad_norm(params, clip)
+        clip_fn()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -133,9 +212,7 @@ def bare_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, float]:
         if (step + 1) % val_at == 0:
             model.eval()
             with torch.inference_mode():
-                total = sum(
-                    cross_entropy(model(vx), vy).item() * vy.numel() for vx, vy in data.val_dataloader()
-                )
+                total = sum(loss_fn(forward(vx), vy).item() * vy.numel() for vx, vy in data.val_dataloader())
             model.train()
             assert math.isfinite(total)
             checkpoint(step + 1)
@@ -146,8 +223,6 @@ def bare_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, float]:
 def quickstart_wall_time() -> tuple[float, str, float]:
     """The default experiment from nothing (fresh data and artifact folders), as a user types it;
     returns (seconds, its summary line, unigram entropy of its validation tokens in nats/token)."""
-    import numpy as np
-
     from lit_llm.data.synthetic import token_unigram_entropy
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,56 +247,57 @@ def quickstart_wall_time() -> tuple[float, str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=90)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default: 300 small, 60 base)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: steps / 6)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--skip-quickstart", action="store_true")
+    parser.add_argument("--skip-quickstart", action="store_true", help="--shape quickstart: skip the from-nothing run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    steps = args.steps or {"small": 300, "base": 60, "quickstart": 90}[args.shape]
+    warmup = args.warmup if args.warmup is not None else max(steps // 6, 10 if args.compile else 1)
 
-    print(f"load average: {os.getloadavg()}; torch threads: {torch.get_num_threads()}")
+    print(f"load average: {os.getloadavg()}; torch {torch.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
-        config = quickstart_config(Path(tmp) / "run", args.steps, val_at=args.steps // 2 + 5)
+        config = shape_config(args.shape, Path(tmp), steps, steps // 2 + 5, args.compile)
         model, data = config["model"], config["data"]
-        tokens = (args.steps - args.warmup) * data["batch_size"] * model["context_length"]
+        tokens = (steps - warmup) * data["batch_size"] * model["context_length"]
         print(
-            f"quickstart model: d_model {model['d_model']}, {model['num_layers']} layers, context "
-            f"{model['context_length']}, vocab {model['vocab_size']}; batch {data['batch_size']}; "
-            f"{args.steps} steps, timed from step {args.warmup} ({tokens} tokens)"
+            f"--shape {args.shape}{' --compile' if args.compile else ''}: d_model {model['d_model']}, "
+            f"{model['num_layers']} layers, context {model['context_length']}, vocab {model['vocab_size']}; "
+            f"batch {data['batch_size']}; {steps} steps, timed from step {warmup} ({tokens} tokens)"
         )
-        names = ("bare PyTorch loop", "lit_llm.train (Lightning)")
-        results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
+        runners = {
+            "plain built-in loop": lambda d: plain_run(config, warmup, d, builtin=True, compile_=args.compile),
+            "our model, bare loop": lambda d: plain_run(config, warmup, d, builtin=False, compile_=args.compile),
+            "lit_llm.train": lambda d: lightning_run(config, warmup, d),
+        }
+        results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runners}
         for round_ in range(args.rounds):
-            for name in names:
-                run_dir = Path(tmp) / f"{name.split()[0]}-{round_}"
-                config["paths"]["output_dir"] = str(run_dir)
-                for node in config["callbacks"].values():
-                    if node and "dirpath" in node:
-                        node["dirpath"] = str(run_dir / "checkpoints")
-                config["logger"]["tensorboard"]["save_dir"] = str(run_dir)
-                run = bare_run(config, args.warmup, run_dir) if name.startswith("bare") else None
-                wall, cpu = run or lightning_run(config, args.warmup)
+            for i, (name, run) in enumerate(runners.items()):
+                wall, cpu = run(Path(tmp) / f"run{i}-{round_}")
                 results[name]["wall"].append(tokens / wall)
                 results[name]["cpu"].append(tokens / cpu)
                 print(
-                    f"  round {round_ + 1}: {name:<26} {tokens / wall:9.0f} tokens/s (wall), "
-                    f"{tokens / cpu:9.0f} tokens per CPU-second"
+                    f"  round {round_ + 1}: {name:<21} {tokens / wall:9.0f} tokens/s (wall), "
+                    f"{(steps - warmup) / wall:6.1f} it/s, {tokens / cpu:9.0f} tokens per CPU-second"
                 )
-    bare, ours = (results[name] for name in names)
+    reference = results["plain built-in loop"]
     for clock, unit in (("wall", "tokens/s (wall clock)"), ("cpu", "tokens per CPU-second")):
-        ratios = [o / b for b, o in zip(bare[clock], ours[clock], strict=True)]
-        print(
-            f"{unit}: bare median {statistics.median(bare[clock]):.0f} best {max(bare[clock]):.0f}; "
-            f"Lightning median {statistics.median(ours[clock]):.0f} best {max(ours[clock]):.0f}; "
-            f"ratio of medians {statistics.median(ours[clock]) / statistics.median(bare[clock]):.3f}, "
-            f"of bests {max(ours[clock]) / max(bare[clock]):.3f}, per round "
-            + ", ".join(f"{r:.3f}" for r in ratios)
-            + " (target >= 0.95)"
-        )
+        print(f"{unit}, medians of {args.rounds} rounds; ratio to the plain built-in loop (per round):")
+        for name, figures in results.items():
+            ratios = [o / r for r, o in zip(reference[clock], figures[clock], strict=True)]
+            median = statistics.median(figures[clock])
+            print(
+                f"  {name:<21} {median:9.0f}  ratio {median / statistics.median(reference[clock]):.3f}  ("
+                + ", ".join(f"{r:.3f}" for r in ratios)
+                + ")"
+            )
     print(f"load average: {os.getloadavg()}")
-    if not args.skip_quickstart:
+    if args.shape == "quickstart" and not args.skip_quickstart:
         seconds, summary, entropy = quickstart_wall_time()
         print(f"quickstart from scratch (`python -m lit_llm.train`): {seconds:.1f} s wall; {summary}")
         print(f"unigram entropy of the quickstart validation tokens: {entropy:.4f} nats/token (vs val/loss)")

@@ -16,6 +16,7 @@ from lit_llm.model import (
     SiLUFeedForward,
     SwiGLU,
     silu,
+    silu_gate,
     softmax,
 )
 
@@ -165,7 +166,7 @@ def test_rope_matches_rotation_matrices_with_any_leading_dims():
     batched = torch.randint(0, 64, (2, 1, 10))  # per-batch positions, broadcast over heads
     torch.testing.assert_close(rope(x, batched), _rope_reference(x, batched, 10000.0), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rope(x), rope(x, torch.arange(10)))  # None means 0..seq-1
-    assert "cos" not in rope.state_dict() and "sin" not in rope.state_dict()  # derived, non-persistent
+    assert "rotation" not in rope.state_dict()  # derived, non-persistent
 
 
 def test_rope_accepts_bf16_and_odd_strides():
@@ -195,3 +196,15 @@ def test_rope_dot_product_depends_only_on_position_offset():
 def test_rope_rejects_odd_dim():
     with pytest.raises(ValueError, match="d_k=7"):
         RotaryEmbedding(10000.0, 7, 8)
+
+
+def test_silu_gate_matches_silu_times_gate_with_gradients():
+    a = (torch.randn(64, 40) * 6).requires_grad_()
+    b = torch.randn(64, 40, requires_grad=True)
+    ours, ref = silu_gate(a, b), F.silu(a) * b
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn(64, 40)
+    for mine, theirs in zip(torch.autograd.grad(ours, (a, b), g), torch.autograd.grad(ref, (a, b), g), strict=True):
+        torch.testing.assert_close(mine, theirs)
+    kw = dict(dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(silu_gate, (torch.randn(3, 7, **kw), torch.randn(3, 7, **kw)))

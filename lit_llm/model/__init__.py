@@ -12,6 +12,7 @@ from lit_llm.model.layers import (
     SiLUFeedForward,
     SwiGLU,
     silu,
+    silu_gate,
     softmax,
 )
 from lit_llm.model.transformer import TransformerBlock, TransformerLM
@@ -30,5 +31,6 @@ __all__ = [
     "default_d_ff",
     "scaled_dot_product_attention",
     "silu",
+    "silu_gate",
     "softmax",
 ]

@@ -81,12 +81,44 @@ class Embedding(nn.Module):
         return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
 
 
+class _RMSNorm(torch.autograd.Function):
+    """y = x_hat * w with x_hat = x * r, r = 1 / sqrt(mean(x^2) + eps) per row (d features).
+
+    Backward, with g = dy * w:
+        dw = sum over rows of dy * x_hat
+        dx = r * (g - x_hat * mean(g * x_hat))      (the second term: r depends on x too)
+    and mean(g * x_hat) = (dy * x_hat) @ w / d reuses the product dw needs, as one matrix-vector
+    product. Six passes over (rows, d) in all, where autograd through the forward's square, mean, rsqrt
+    and two multiplies makes about twice as many (and ``F.rms_norm`` on CPU is such a composite too).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        # x (..., d) float32/64, weight (d,) same dtype
+        d = x.shape[-1]
+        # ||x||^2 / d = mean(x^2), computed by one reduction kernel; the rest is on (..., 1).
+        inv_rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(d).add_(eps).rsqrt_()
+        x_hat = x * inv_rms  # (..., d)
+        ctx.save_for_backward(x_hat, inv_rms, weight)
+        return x_hat * weight
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor, None]:
+        x_hat, inv_rms, weight = ctx.saved_tensors
+        d = x_hat.shape[-1]
+        dy_x_hat = dy * x_hat  # (..., d)
+        d_weight = dy_x_hat.reshape(-1, d).sum(0)  # (d,)
+        projection = torch.matmul(dy_x_hat, weight).unsqueeze_(-1)  # (..., 1) = d * mean(g * x_hat)
+        d_x = torch.addcmul(dy * weight, x_hat, projection, value=-1.0 / d).mul_(inv_rms)
+        return d_x, d_weight, None
+
+
 class RMSNorm(nn.Module):
     """``x / rms(x) * weight`` over the last dim, computed in float32 and returned in the input dtype.
 
     float32 (at least: float64 stays float64) inside because the mean of squares of bf16/fp16
     activations loses too many bits. ``.to`` returns the tensor itself when the dtype already fits, so
-    float32 models pay no copy.
+    float32 models pay no copy. The arithmetic is ``_RMSNorm`` above, with its hand-written backward.
     """
 
     def __init__(
@@ -105,9 +137,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # (..., d_model) -> (..., d_model)
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        inv_rms = torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
-        return (xf * inv_rms * self.weight).to(x.dtype)
+        compute = torch.promote_types(x.dtype, torch.float32)
+        return _RMSNorm.apply(x.to(compute), self.weight.to(compute), self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -160,6 +191,34 @@ def silu(x: Tensor) -> Tensor:
     return _SiLU.apply(x)
 
 
+class _SiLUGate(torch.autograd.Function):
+    """y = silu(a) * b = (a s) b with s = sigmoid(a): SwiGLU's gate in one node.
+
+    Backward: db = dy * (a s);  da = dy * b * s (1 + a (1 - s)) = dy * b * (s + a s - (a s) s).
+    Keeping s and a s from the forward, the two gradients take five elementwise passes; ``silu`` then a
+    separate multiply would recompute the product in the multiply's backward and keep one more tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        s = torch.sigmoid(a)
+        silu_a = a * s
+        ctx.save_for_backward(s, silu_a, b)
+        return silu_a * b
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor]:
+        s, silu_a, b = ctx.saved_tensors
+        d_b = dy * silu_a
+        d_a = torch.addcmul(s + silu_a, silu_a, s, value=-1.0).mul_(b).mul_(dy)
+        return d_a, d_b
+
+
+def silu_gate(a: Tensor, b: Tensor) -> Tensor:
+    """``silu(a) * b`` (same shapes), with one hand-written backward for both inputs."""
+    return _SiLUGate.apply(a, b)
+
+
 class SwiGLU(nn.Module):
     """The gated feed-forward network ``w2(silu(w1 x) * w3 x)`` (Shazeer, 2020)."""
 
@@ -177,7 +236,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(silu(self.w1(x)) * self.w3(x))
+        return self.w2(silu_gate(self.w1(x), self.w3(x)))
 
 
 class SiLUFeedForward(nn.Module):
@@ -203,8 +262,9 @@ class RotaryEmbedding(nn.Module):
     query/key vector by the angle ``position * theta^(-2i/d_k)``.
 
     After rotation, q_m . k_n depends on m and n only through m - n, which is what makes it a
-    *relative* position signal. cos/sin are computed once for every position up to ``max_seq_len`` and
-    kept as non-persistent buffers (they follow ``.to(device)`` but stay out of the state dict).
+    *relative* position signal. The rotations e^{i angle} are computed once for every position up to
+    ``max_seq_len`` and kept as a non-persistent complex64 buffer (it follows ``.to(device)``, keeps its
+    dtype under ``.to(torch.bfloat16)``, and stays out of the state dict).
     """
 
     def __init__(
@@ -220,24 +280,22 @@ class RotaryEmbedding(nn.Module):
         inv_freq = theta ** (-torch.arange(0, d_k, 2, dtype=torch.float64, device=device) / d_k)  # (d_k/2,)
         positions = torch.arange(max_seq_len, dtype=torch.float64, device=device)
         angles = torch.outer(positions, inv_freq)  # (max_seq_len, d_k/2)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # e^{i angle} = cos + i sin, the rotation of each pair (see forward), as complex64.
+        self.register_buffer("rotation", torch.polar(torch.ones_like(angles), angles).to(torch.complex64), persistent=False)
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
         """x: (..., seq, d_k); token_positions: (..., seq) int, broadcastable against x's leading dims
         (e.g. (seq,) or (batch, 1, seq) for x of (batch, heads, seq, d_k)); None means 0..seq-1."""
-        seq = x.shape[-2]
         if token_positions is None:
-            cos, sin = self.cos[:seq], self.sin[:seq]  # (seq, d_k/2): a view, no gather
+            rotation = self.rotation[: x.shape[-2]]  # (seq, d_k/2): a view, no gather
         else:
-            cos, sin = self.cos[token_positions], self.sin[token_positions]  # (..., seq, d_k/2)
+            rotation = self.rotation[token_positions]  # (..., seq, d_k/2)
         # Rotating the pair (a, b) by angle t is multiplying a + ib by e^{it} = cos t + i sin t:
         #   (a cos t - b sin t) + i (a sin t + b cos t).
         # One complex multiply does the four real multiplies and two adds in a single kernel, forward
         # and backward (about 4x faster on CPU than the same maths as separate real ops).
-        dtype = torch.promote_types(x.dtype, torch.float32)  # complex needs float32/64 (no bf16)
-        rotation = torch.complex(cos.to(dtype), sin.to(dtype))  # (..., seq, d_k/2)
-        pairs = x.to(dtype).unflatten(-1, (-1, 2))  # (..., seq, d_k/2, 2)
+        pairs = x.to(torch.promote_types(x.dtype, torch.float32))  # complex needs float32/64 (no bf16)
+        pairs = pairs.unflatten(-1, (-1, 2))  # (..., seq, d_k/2, 2)
         if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(st % 2 for st in pairs.stride()[:-1]):
             pairs = pairs.contiguous()  # view_as_complex needs (real, imag) adjacent and aligned
         rotated = torch.view_as_real(torch.view_as_complex(pairs) * rotation)  # (..., seq, d_k/2, 2)

@@ -25,6 +25,65 @@ def _group_by_device_and_dtype(*parallel: list) -> list[list[list]]:
     return list(groups.values())
 
 
+class _FlatLayout:
+    """The parameters of one param group and both Adam moments as views of three flat buffers.
+
+    On a CPU a foreach op is a loop of one small kernel per tensor, about 5 us each before any
+    arithmetic: eight ops over the 39 tensors of a small model are a few hundred kernel calls per
+    step, where the same ops on one flat buffer are eight (2.4x faster at the ablation_base size, on
+    a par with ``torch.optim.AdamW(fused=True)``). So on the CPU the parameters' storage is moved into
+    one buffer (``p.data`` becomes a view of it; values, shapes and the Parameter objects are
+    unchanged), the moments are created there, and a step gathers the gradients with one ``cat``.
+
+    Anything that replaces a parameter's or moment's tensor (``.to()``, ``load_state_dict`` of the
+    optimizer) breaks the layout; ``holds`` notices and the layout is rebuilt, values copied.
+    """
+
+    def __init__(self, params: list[Tensor], state: dict) -> None:
+        sizes = [p.numel() for p in params]
+        self.params = params
+        self.param = torch.cat([p.detach().reshape(-1) for p in params])
+        self.exp_avg = torch.cat([state[p]["exp_avg"].reshape(-1) for p in params])
+        self.exp_avg_sq = torch.cat([state[p]["exp_avg_sq"].reshape(-1) for p in params])
+        for p, value, m, v in zip(
+            params, self.param.split(sizes), self.exp_avg.split(sizes), self.exp_avg_sq.split(sizes), strict=True
+        ):
+            p.data = value.view(p.shape)
+            state[p]["exp_avg"], state[p]["exp_avg_sq"] = m.view(p.shape), v.view(p.shape)
+        # Reused every step: two fewer fresh buffers of the model's size per step (on a CPU, fresh
+        # memory is page faults).
+        self.grad = torch.empty_like(self.param)
+        self.denominator = torch.empty_like(self.param)
+        self._pointers = [p.data_ptr() for p in params]
+        self._moments = [(state[p]["exp_avg"], state[p]["exp_avg_sq"]) for p in params]
+
+    def holds(self, params: list[Tensor], state: dict) -> bool:
+        """Are ``params`` still exactly the tensors this layout made (same objects, same storage)?"""
+        return (
+            len(params) == len(self.params)
+            and all(p is q for p, q in zip(params, self.params, strict=True))
+            and all(p.data_ptr() == ptr for p, ptr in zip(params, self._pointers, strict=True))
+            and all(
+                state[p]["exp_avg"] is m and state[p]["exp_avg_sq"] is v
+                for p, (m, v) in zip(params, self._moments, strict=True)
+            )
+        )
+
+
+def _flattenable(group: dict, params: list[Tensor], steps: list[int]) -> bool:
+    """The flat path applies to a group of dense CPU tensors of one dtype that all have a gradient and
+    have taken the same number of steps (elsewhere, or for anything unusual, the foreach path)."""
+    first = params[0]
+    return (
+        len(params) == len(group["params"])
+        and len(set(steps)) == 1
+        and all(
+            type(p) in (torch.nn.Parameter, Tensor) and p.device.type == "cpu" and p.dtype == first.dtype
+            for p in params
+        )
+    )
+
+
 class AdamW(torch.optim.Optimizer):
     """Adam with decoupled weight decay.
 
@@ -38,7 +97,8 @@ class AdamW(torch.optim.Optimizer):
     and with the same association (decay first; m by lerp; eps added after dividing sqrt(v) by the
     bias-correction root), so both give the same parameters to float rounding (bit for bit against its
     default CPU implementation in tests/test_optim.py). Parameters without a gradient are skipped and
-    their step count does not advance.
+    their step count does not advance. On a CPU a group is updated as one flat vector (``_FlatLayout``:
+    the same ops on the same numbers, in a handful of kernels).
     """
 
     def __init__(
@@ -63,6 +123,7 @@ class AdamW(torch.optim.Optimizer):
         if problems:
             raise ValueError("AdamW: " + "; ".join(problems))
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self._flat: dict[int, _FlatLayout] = {}  # by param group index; derived, not in state_dict
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -72,7 +133,7 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
@@ -90,7 +151,18 @@ class AdamW(torch.optim.Optimizer):
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 steps.append(state["step"])
-            if params:
+            if not params:
+                continue
+            if _flattenable(group, params, steps):
+                layout = self._flat.get(index)
+                if layout is None or not layout.holds(params, self.state):
+                    layout = self._flat[index] = _FlatLayout(params, self.state)
+                grad = torch.cat([g.reshape(-1) for g in grads], out=layout.grad)  # (total elements,)
+                self._update(
+                    [layout.param], [grad], [layout.exp_avg], [layout.exp_avg_sq], steps[:1], group,
+                    denominators=[layout.denominator],
+                )
+            else:
                 self._update(params, grads, exp_avgs, exp_avg_sqs, steps, group)
         return loss
 
@@ -102,7 +174,10 @@ class AdamW(torch.optim.Optimizer):
         exp_avg_sqs: list[Tensor],
         steps: list[int],
         group: dict,
+        denominators: list[Tensor] | None = None,
     ) -> None:
+        """The update of the class docstring on lists of tensors; ``denominators``, where given, are
+        buffers (shaped like ``params``) for sqrt(v) / sqrt(1 - beta2^t) + eps."""
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         # The step counts are Python ints on the host: the bias corrections never wait on the device.
         for p, g, m, v, t in _group_by_device_and_dtype(params, grads, exp_avgs, exp_avg_sqs, steps):
@@ -113,7 +188,10 @@ class AdamW(torch.optim.Optimizer):
             torch._foreach_addcmul_(v, g, g, 1.0 - beta2)
             step_sizes = [-lr / (1.0 - beta1**n) for n in t]
             bias_correction2_roots = [math.sqrt(1.0 - beta2**n) for n in t]
-            denom = torch._foreach_sqrt(v)
+            if denominators is None:
+                denom = torch._foreach_sqrt(v)
+            else:
+                denom = [torch.sqrt(x, out=d) for x, d in zip(v, denominators, strict=True)]
             torch._foreach_div_(denom, bias_correction2_roots)
             torch._foreach_add_(denom, eps)
             torch._foreach_addcdiv_(p, m, denom, step_sizes)
@@ -123,8 +201,9 @@ def clip_grad_norm(parameters: Iterable[Tensor] | Tensor, max_norm: float, eps: 
     """Scale all gradients in place so their global L2 norm is at most ``max_norm``.
 
     Returns the norm before clipping, as a tensor: reading it as a Python number would make the host
-    wait for the device, so the scale ``min(1, max_norm / (norm + eps))`` is applied unconditionally
-    (a multiply by 1 when no clipping is needed) instead of branching on it. ``max_norm=math.inf``
+    wait for the device, so there the scale ``min(1, max_norm / (norm + eps))`` is applied
+    unconditionally (a multiply by 1 when no clipping is needed) instead of branching on it; on the CPU,
+    where reading it costs nothing, the multiply by 1 is skipped. ``max_norm=math.inf``
     only measures (a host-side check: no pass over the gradients). ``parameters`` may be a generator
     (it is read once into a list) or a single tensor.
     """
@@ -139,6 +218,12 @@ def clip_grad_norm(parameters: Iterable[Tensor] | Tensor, max_norm: float, eps: 
     total_norm = torch.linalg.vector_norm(torch.stack(per_group_norms), 2.0)
     if math.isinf(max_norm):
         return total_norm
+    if total_norm.device.type == "cpu":
+        # On the CPU the norm is already computed when it is read (there is no queue of device work to
+        # wait for), so the branch is free, and the pass over every gradient is skipped when nothing
+        # needs clipping.
+        if max_norm / (total_norm.item() + eps) >= 1.0:
+            return total_norm
     scale = torch.clamp(max_norm / (total_norm + eps), max=1.0)
     for (group,) in _group_by_device_and_dtype(grads):
         torch._foreach_mul_(group, scale.to(group[0].device, group[0].dtype))
