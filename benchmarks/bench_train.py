@@ -137,7 +137,9 @@ def _reference_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def plain_run(config: dict, warmup: int, run_dir: Path, *, builtin: bool, compile_: bool) -> tuple[float, float]:
+def plain_run(
+    config: dict, warmup: int, run_dir: Path, *, builtin: bool, compile_: bool
+) -> tuple[float, float]:
     """The same training as a plain loop: PyTorch built-ins (``builtin``) or our pieces.
     (wall, CPU) seconds over the same span as ``lightning_run``."""
     from hydra.utils import instantiate
@@ -253,7 +255,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: steps / 6)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--skip-quickstart", action="store_true", help="--shape quickstart: skip the from-nothing run")
+    parser.add_argument(
+        "--skip-quickstart", action="store_true", help="--shape quickstart: skip the from-nothing run"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -270,9 +274,10 @@ def main() -> None:
             f"{model['num_layers']} layers, context {model['context_length']}, vocab {model['vocab_size']}; "
             f"batch {data['batch_size']}; {steps} steps, timed from step {warmup} ({tokens} tokens)"
         )
+        compiled = args.compile
         runners = {
-            "plain built-in loop": lambda d: plain_run(config, warmup, d, builtin=True, compile_=args.compile),
-            "our model, bare loop": lambda d: plain_run(config, warmup, d, builtin=False, compile_=args.compile),
+            "plain built-in loop": lambda d: plain_run(config, warmup, d, builtin=True, compile_=compiled),
+            "our model, bare loop": lambda d: plain_run(config, warmup, d, builtin=False, compile_=compiled),
             "lit_llm.train": lambda d: lightning_run(config, warmup, d),
         }
         results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runners}

@@ -281,15 +281,14 @@ class RotaryEmbedding(nn.Module):
         positions = torch.arange(max_seq_len, dtype=torch.float64, device=device)
         angles = torch.outer(positions, inv_freq)  # (max_seq_len, d_k/2)
         # e^{i angle} = cos + i sin, the rotation of each pair (see forward), as complex64.
-        self.register_buffer("rotation", torch.polar(torch.ones_like(angles), angles).to(torch.complex64), persistent=False)
+        rotation = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+        self.register_buffer("rotation", rotation, persistent=False)
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
         """x: (..., seq, d_k); token_positions: (..., seq) int, broadcastable against x's leading dims
         (e.g. (seq,) or (batch, 1, seq) for x of (batch, heads, seq, d_k)); None means 0..seq-1."""
-        if token_positions is None:
-            rotation = self.rotation[: x.shape[-2]]  # (seq, d_k/2): a view, no gather
-        else:
-            rotation = self.rotation[token_positions]  # (..., seq, d_k/2)
+        # (seq, d_k/2), a view without a gather; or (..., seq, d_k/2) at the given positions
+        rotation = self.rotation[: x.shape[-2]] if token_positions is None else self.rotation[token_positions]
         # Rotating the pair (a, b) by angle t is multiplying a + ib by e^{it} = cos t + i sin t:
         #   (a cos t - b sin t) + i (a sin t + b cos t).
         # One complex multiply does the four real multiplies and two adds in a single kernel, forward

@@ -45,9 +45,8 @@ class _FlatLayout:
         self.param = torch.cat([p.detach().reshape(-1) for p in params])
         self.exp_avg = torch.cat([state[p]["exp_avg"].reshape(-1) for p in params])
         self.exp_avg_sq = torch.cat([state[p]["exp_avg_sq"].reshape(-1) for p in params])
-        for p, value, m, v in zip(
-            params, self.param.split(sizes), self.exp_avg.split(sizes), self.exp_avg_sq.split(sizes), strict=True
-        ):
+        values, ms, vs = (b.split(sizes) for b in (self.param, self.exp_avg, self.exp_avg_sq))
+        for p, value, m, v in zip(params, values, ms, vs, strict=True):
             p.data = value.view(p.shape)
             state[p]["exp_avg"], state[p]["exp_avg_sq"] = m.view(p.shape), v.view(p.shape)
         # Reused every step: two fewer fresh buffers of the model's size per step (on a CPU, fresh
@@ -159,7 +158,12 @@ class AdamW(torch.optim.Optimizer):
                     layout = self._flat[index] = _FlatLayout(params, self.state)
                 grad = torch.cat([g.reshape(-1) for g in grads], out=layout.grad)  # (total elements,)
                 self._update(
-                    [layout.param], [grad], [layout.exp_avg], [layout.exp_avg_sq], steps[:1], group,
+                    [layout.param],
+                    [grad],
+                    [layout.exp_avg],
+                    [layout.exp_avg_sq],
+                    steps[:1],
+                    group,
                     denominators=[layout.denominator],
                 )
             else:
@@ -218,12 +222,10 @@ def clip_grad_norm(parameters: Iterable[Tensor] | Tensor, max_norm: float, eps: 
     total_norm = torch.linalg.vector_norm(torch.stack(per_group_norms), 2.0)
     if math.isinf(max_norm):
         return total_norm
-    if total_norm.device.type == "cpu":
-        # On the CPU the norm is already computed when it is read (there is no queue of device work to
-        # wait for), so the branch is free, and the pass over every gradient is skipped when nothing
-        # needs clipping.
-        if max_norm / (total_norm.item() + eps) >= 1.0:
-            return total_norm
+    # On the CPU the norm is already computed when it is read (there is no queue of device work to wait
+    # for), so the branch is free, and the pass over every gradient is skipped when nothing needs clipping.
+    if total_norm.device.type == "cpu" and max_norm / (total_norm.item() + eps) >= 1.0:
+        return total_norm
     scale = torch.clamp(max_norm / (total_norm + eps), max=1.0)
     for (group,) in _group_by_device_and_dtype(grads):
         torch._foreach_mul_(group, scale.to(group[0].device, group[0].dtype))
