@@ -171,3 +171,29 @@ def test_clip_grad_norm_with_an_infinite_bound_only_measures() -> None:
     torch.testing.assert_close(norm, expected)
     for p, g in zip(params, before, strict=True):
         assert torch.equal(p.grad, g)  # untouched: no op ran on the gradients
+
+
+def test_cpu_groups_live_in_one_flat_buffer_rebuilt_when_a_tensor_is_replaced():
+    """On the CPU each group's parameters become views of one buffer (the fast path). Replacing a
+    parameter's tensor, as ``.to()`` does, is noticed and the layout rebuilt: still torch's AdamW."""
+    ours_model = _model()
+    ref_model = copy.deepcopy(ours_model)
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    ours, ref = AdamW(_groups(ours_model), **kw), torch.optim.AdamW(_groups(ref_model), **kw)
+
+    def storages(of=lambda p: p) -> set[int]:
+        weights = [p for n, p in ours_model.named_parameters() if n.endswith("weight")]
+        return {of(p).untyped_storage().data_ptr() for p in weights}
+
+    _train(ours_model, ours, 3)
+    _train(ref_model, ref, 3)
+    assert len(storages()) == 1
+    for p in ours_model.parameters():
+        p.data = p.data.clone()  # new memory, same values: the layout no longer holds
+    assert len(storages()) == 2
+    _train(ours_model, ours, 3, seed=2)
+    _train(ref_model, ref, 3, seed=2)
+    assert len(storages()) == 1
+    for a, b in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert len(storages(lambda p: ours.state[p]["exp_avg"])) == 1  # the moments live in one buffer too
