@@ -327,6 +327,32 @@ class LogStepProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, description=name)
 
 
+class RunClock(Callback):
+    """Prints how long the start took (process start to the first training step: imports, config, data
+    checks, model, Lightning's set-up) and, at the end, the training loop's steps per second (from the
+    first step to the last, validation and checkpoints included: what a user waits for)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first_step_at: float | None = None
+        self.first_step = 0
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.first_step_at is None:
+            self.first_step_at, self.first_step = time.perf_counter(), trainer.global_step
+            rank_zero_info(f"first training step {self.first_step_at - self.started:.1f} s after start")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.first_step_at is None:
+            return
+        steps, seconds = trainer.global_step - self.first_step, time.perf_counter() - self.first_step_at
+        rank_zero_info(
+            f"training loop: {steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):.2f} it/s)"
+        )
+
+
 class FinalMetricsHparams(Callback):
     """At the end of training, record the hyperparameters next to the final validation metrics
     (``hp/val_loss``, ``hp/val_ppl``, ``hp/val_bpb``) so TensorBoard's HPARAMS tab compares runs."""
