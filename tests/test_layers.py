@@ -209,3 +209,15 @@ def test_silu_gate_matches_silu_times_gate_with_gradients():
         torch.testing.assert_close(mine, theirs)
     kw = dict(dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(silu_gate, (torch.randn(3, 7, **kw), torch.randn(3, 7, **kw)))
+
+
+def test_rope_of_a_bfloat16_model_keeps_float32_angles():
+    """``.to(torch.bfloat16)`` casts every floating buffer; RoPE's table must still hold float32
+    angles, or positions 100+ would be rotated to the wrong place."""
+    rope = RotaryEmbedding(10000.0, 16, 512)
+    x = torch.randn(3, 512, 16)
+    expected = rope(x).to(torch.bfloat16).float()
+    rope_bf16 = RotaryEmbedding(10000.0, 16, 512).to(torch.bfloat16)
+    got = rope_bf16(x.to(torch.bfloat16)).float()
+    # the input's own bf16 rounding and one bf16 rounding of the output: a few bf16 ulps
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.02)

@@ -240,11 +240,10 @@ class MultiHeadSelfAttention(nn.Module):
         k = self._split_heads(self.k_proj(x))
         v = self._split_heads(self.v_proj(x))
         if self.rope is not None:
-            if token_positions is None:
-                token_positions = torch.arange(start, start + seq, device=x.device)
-            pos = token_positions.unsqueeze(-2)  # (..., 1, seq): the same positions for every head
-            q = self.rope(q, pos)
-            k = self.rope(k, pos)
+            # None: positions start..start+seq-1, a slice of the rotation table (no gather)
+            pos = None if token_positions is None else token_positions.unsqueeze(-2)  # (..., 1, seq)
+            q = self.rope(q, pos, start)
+            k = self.rope(k, pos, start)
         keys, values = kv_cache.append(k, v)  # (batch, heads, start + seq, head_dim)
         if start == 0:
             # Nothing cached before: plain causal attention over this chunk (keeps a shared batch of 1).

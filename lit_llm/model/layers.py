@@ -81,6 +81,20 @@ class Embedding(nn.Module):
         return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
 
 
+def _normalise(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(x / rms(x), 1 / rms(x)) over the last dim: x_hat (..., d) and r (..., 1)."""
+    # ||x||^2 / d = mean(x^2), computed by one reduction kernel; the rest is on (..., 1).
+    inv_rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return x * inv_rms, inv_rms
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Will autograd need a backward through an op on these? (Not under no_grad / inference_mode, nor
+    for constants.) Where it will not, the ops below skip their autograd Function: its bookkeeping costs
+    more than the arithmetic on the small tensors of one decoding step."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class _RMSNorm(torch.autograd.Function):
     """y = x_hat * w with x_hat = x * r, r = 1 / sqrt(mean(x^2) + eps) per row (d features).
 
@@ -95,10 +109,7 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         # x (..., d) float32/64, weight (d,) same dtype
-        d = x.shape[-1]
-        # ||x||^2 / d = mean(x^2), computed by one reduction kernel; the rest is on (..., 1).
-        inv_rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(d).add_(eps).rsqrt_()
-        x_hat = x * inv_rms  # (..., d)
+        x_hat, inv_rms = _normalise(x, eps)
         ctx.save_for_backward(x_hat, inv_rms, weight)
         return x_hat * weight
 
@@ -138,7 +149,13 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # (..., d_model) -> (..., d_model)
         compute = torch.promote_types(x.dtype, torch.float32)
-        return _RMSNorm.apply(x.to(compute), self.weight.to(compute), self.eps).to(x.dtype)
+        xf = x if x.dtype == compute else x.to(compute)
+        weight = self.weight if self.weight.dtype == compute else self.weight.to(compute)
+        if _needs_grad(xf, weight):
+            y = _RMSNorm.apply(xf, weight, self.eps)
+        else:
+            y = _normalise(xf, self.eps)[0].mul_(weight)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -216,7 +233,9 @@ class _SiLUGate(torch.autograd.Function):
 
 def silu_gate(a: Tensor, b: Tensor) -> Tensor:
     """``silu(a) * b`` (same shapes), with one hand-written backward for both inputs."""
-    return _SiLUGate.apply(a, b)
+    if _needs_grad(a, b):
+        return _SiLUGate.apply(a, b)
+    return torch.sigmoid(a).mul_(a).mul_(b)  # the forward's a * s * b, in place
 
 
 class SwiGLU(nn.Module):
@@ -263,8 +282,8 @@ class RotaryEmbedding(nn.Module):
 
     After rotation, q_m . k_n depends on m and n only through m - n, which is what makes it a
     *relative* position signal. The rotations e^{i angle} are computed once for every position up to
-    ``max_seq_len`` and kept as a non-persistent complex64 buffer (it follows ``.to(device)``, keeps its
-    dtype under ``.to(torch.bfloat16)``, and stays out of the state dict).
+    ``max_seq_len`` and kept as a non-persistent float32 buffer of (cos, sin) pairs (it follows
+    ``.to(device)`` and stays out of the state dict; a bf16 model still rotates with float32 angles).
     """
 
     def __init__(
@@ -276,29 +295,44 @@ class RotaryEmbedding(nn.Module):
         self.theta = theta
         self.d_k = d_k
         self.max_seq_len = max_seq_len
-        # float64 for the angles: position * frequency loses precision in float32 at long contexts.
-        inv_freq = theta ** (-torch.arange(0, d_k, 2, dtype=torch.float64, device=device) / d_k)  # (d_k/2,)
-        positions = torch.arange(max_seq_len, dtype=torch.float64, device=device)
-        angles = torch.outer(positions, inv_freq)  # (max_seq_len, d_k/2)
-        # e^{i angle} = cos + i sin, the rotation of each pair (see forward), as complex64.
-        rotation = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
-        self.register_buffer("rotation", rotation, persistent=False)
+        self.register_buffer("rotation", self._rotations(device), persistent=False)
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+    def _rotations(self, device: torch.device | str | None) -> Tensor:
+        """(max_seq_len, d_k/2, 2) float32: (cos, sin) of every position's angles, i.e. e^{i angle} as
+        (real, imaginary) pairs. Real, not complex, so ``.to(device)`` moves it like any buffer."""
+        # float64 for the angles: position * frequency loses precision in float32 at long contexts.
+        d_k = self.d_k
+        inv_freq = self.theta ** (-torch.arange(0, d_k, 2, dtype=torch.float64, device=device) / d_k)
+        positions = torch.arange(self.max_seq_len, dtype=torch.float64, device=device)
+        angles = torch.outer(positions, inv_freq)  # (max_seq_len, d_k/2)
+        return torch.stack([angles.cos(), angles.sin()], dim=-1).float()
+
+    def _table(self) -> Tensor:
+        """The rotations as complex64 (max_seq_len, d_k/2). ``model.to(torch.bfloat16)`` casts the
+        buffer too; bf16 angles would misplace every position, so it is then rebuilt in float32."""
+        if self.rotation.dtype not in (torch.float32, torch.float64):
+            self.rotation = self._rotations(self.rotation.device)
+        return torch.view_as_complex(self.rotation.float())
+
+    def forward(self, x: Tensor, token_positions: Tensor | None = None, start: int = 0) -> Tensor:
         """x: (..., seq, d_k); token_positions: (..., seq) int, broadcastable against x's leading dims
-        (e.g. (seq,) or (batch, 1, seq) for x of (batch, heads, seq, d_k)); None means 0..seq-1."""
+        (e.g. (seq,) or (batch, 1, seq) for x of (batch, heads, seq, d_k)); None means
+        start..start+seq-1."""
+        table = self._table()
         # (seq, d_k/2), a view without a gather; or (..., seq, d_k/2) at the given positions
-        rotation = self.rotation[: x.shape[-2]] if token_positions is None else self.rotation[token_positions]
+        rotation = table[start : start + x.shape[-2]] if token_positions is None else table[token_positions]
         # Rotating the pair (a, b) by angle t is multiplying a + ib by e^{it} = cos t + i sin t:
         #   (a cos t - b sin t) + i (a sin t + b cos t).
         # One complex multiply does the four real multiplies and two adds in a single kernel, forward
         # and backward (about 4x faster on CPU than the same maths as separate real ops).
-        pairs = x.to(torch.promote_types(x.dtype, torch.float32))  # complex needs float32/64 (no bf16)
+        compute = torch.promote_types(x.dtype, torch.float32)  # complex needs float32/64 (no bf16)
+        pairs = x if x.dtype == compute else x.to(compute)
         pairs = pairs.unflatten(-1, (-1, 2))  # (..., seq, d_k/2, 2)
         if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(st % 2 for st in pairs.stride()[:-1]):
             pairs = pairs.contiguous()  # view_as_complex needs (real, imag) adjacent and aligned
         rotated = torch.view_as_real(torch.view_as_complex(pairs) * rotation)  # (..., seq, d_k/2, 2)
-        return rotated.flatten(-2).to(x.dtype)  # (..., seq, d_k)
+        rotated = rotated.flatten(-2)  # (..., seq, d_k)
+        return rotated if rotated.dtype == x.dtype else rotated.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"

@@ -197,9 +197,7 @@ class TransformerLM(nn.Module):
         if kv_cache is None:
             for layer in self.layers:
                 x = layer(x, token_positions)
-        else:
-            if token_positions is None:  # computed once here rather than in every layer
-                token_positions = torch.arange(start, start + seq, device=token_ids.device)
+        else:  # positions default to cached..cached+seq-1, which each layer slices from its cache length
             for layer, cache in zip(self.layers, kv_cache, strict=True):
                 x = layer(x, token_positions, cache)
         if last_only:
