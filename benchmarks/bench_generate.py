@@ -8,6 +8,12 @@ The three are timed in interleaved rounds, so a change in machine load hits all 
 tokens/s comes from the median run (the best run is printed beside it). All three must produce the
 same tokens: the count of agreeing tokens is printed (float rounding may flip a near-tie late on).
 
+Decoding one token at batch 1 reads every weight matrix once (all parameters but the embedding table,
+of which one row is read), so memory bandwidth bounds it: the limit printed is the measured read
+bandwidth (a sum over a 256 MB tensor, best of 5) divided by those bytes, and each generator's
+fraction of it. Ours with ``bfloat16`` weights (``model.to(torch.bfloat16)``) is reported on its own
+line: half the bytes, but its greedy tokens may differ from float32's.
+
     python -m benchmarks.bench_generate [--rounds 3] [--new-tokens 256] [--threads N]
 """
 
@@ -55,6 +61,26 @@ def hf(model, prompt: list[int], new_tokens: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
+def read_bandwidth(megabytes: int = 256, rounds: int = 5) -> float:
+    """Bytes per second a reduction reads from memory (a tensor far larger than the caches)."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()
+    best = min(_timed(x.sum) for _ in range(rounds))
+    return x.numel() * 4 / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def weight_bytes_per_token(model: TransformerLM) -> int:
+    """Bytes of the weights a batch-1 decoding step reads: everything except the embedding table."""
+    table = model.token_embeddings.weight
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="timed runs per generator (interleaved)")
@@ -75,10 +101,14 @@ def main() -> None:
         hf_model = LlamaForCausalLM.from_pretrained(f"{tmp}/hf", local_files_only=True).eval()
     prompt = [0]  # <|endoftext|>: the start of a document
 
+    model_bf16 = TransformerLM(**BASE).eval()
+    model_bf16.load_state_dict(model.state_dict())
+    model_bf16 = model_bf16.to(torch.bfloat16)
     runners = {
         "ours, no cache": lambda: ours(model, prompt, args.new_tokens, use_cache=False),
         "ours, KV cache": lambda: ours(model, prompt, args.new_tokens, use_cache=True),
         "HF generate": lambda: hf(hf_model, prompt, args.new_tokens),
+        "ours, KV, bf16": lambda: ours(model_bf16, prompt, args.new_tokens, use_cache=True),
     }
     outputs = {name: run() for name, run in runners.items()}  # warm-up, and the tokens to compare
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -98,11 +128,21 @@ def main() -> None:
         print(f"  {name:<15} tokens equal to ours with cache: {same}/{len(reference)}")
     rate = {name: args.new_tokens / statistics.median(t) for name, t in times.items()}
     best = {name: args.new_tokens / min(t) for name, t in times.items()}
-    print(f"{'generator':<16}{'tokens/s':>9}{'vs no cache':>13}{'vs HF':>8}   (best run: tokens/s)")
+    bandwidth = read_bandwidth()
+    limit = {
+        name: bandwidth / weight_bytes_per_token(model_bf16 if "bf16" in name else model) for name in runners
+    }
+    print(
+        f"memory-bound limit: read bandwidth {bandwidth / 1e9:.1f} GB/s / "
+        f"{weight_bytes_per_token(model) / 1e6:.1f} MB of float32 weights per token = "
+        f"{limit['HF generate']:.0f} tokens/s ({limit['ours, KV, bf16']:.0f} in bfloat16)"
+    )
+    header = f"{'generator':<16}{'tokens/s':>9}{'vs no cache':>13}{'vs HF':>8}{'of limit':>10}"
+    print(header + "   (best run: tokens/s)")
     for name in runners:
         print(
             f"{name:<16}{rate[name]:>9.1f}{rate[name] / rate['ours, no cache']:>13.2f}"
-            f"{rate[name] / rate['HF generate']:>8.2f}   {best[name]:.1f}"
+            f"{rate[name] / rate['HF generate']:>8.2f}{rate[name] / limit[name]:>10.0%}   {best[name]:.1f}"
         )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
