@@ -134,6 +134,18 @@ def test_block_from_config_equals_the_standalone_signature():
 
 
 @pytest.mark.slow
+def test_training_forward_compiles_to_one_graph():
+    """torch.compile speeds training up only where Dynamo sees the whole forward: a graph break (a
+    Python-level read of a tensor's layout, say) cuts it into pieces compiled apart. Our autograd
+    Functions, RoPE and attention must trace as one graph."""
+    import torch._dynamo as dynamo
+
+    model = TransformerLM(**{**TINY, "num_layers": 2})
+    ids = torch.randint(0, 64, (2, 16))
+    explanation = dynamo.explain(lambda t: cross_entropy(model(t), t))(ids)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+
+
 def test_compile_in_place_keeps_names_and_logits():
     # nn.Module.compile compiles in place: the same module, the same state-dict keys, the same logits
     # (to float32 rounding: the compiled kernels may fuse and reorder the arithmetic).

@@ -276,6 +276,12 @@ class SiLUFeedForward(nn.Module):
         return self.w2(silu(self.w1(x)))
 
 
+def _misaligned_pairs(pairs: Tensor) -> bool:
+    """Can ``pairs`` (..., 2) not be viewed as complex numbers as it is laid out?"""
+    odd_offset = pairs.storage_offset() % 2 != 0
+    return pairs.stride(-1) != 1 or odd_offset or any(st % 2 for st in pairs.stride()[:-1])
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al., 2021): rotate each adjacent pair (x[2i], x[2i+1]) of a
     query/key vector by the angle ``position * theta^(-2i/d_k)``.
@@ -328,8 +334,10 @@ class RotaryEmbedding(nn.Module):
         compute = torch.promote_types(x.dtype, torch.float32)  # complex needs float32/64 (no bf16)
         pairs = x if x.dtype == compute else x.to(compute)
         pairs = pairs.unflatten(-1, (-1, 2))  # (..., seq, d_k/2, 2)
-        if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(st % 2 for st in pairs.stride()[:-1]):
-            pairs = pairs.contiguous()  # view_as_complex needs (real, imag) adjacent and aligned
+        # view_as_complex needs (real, imag) adjacent and aligned. Under torch.compile the layout
+        # test itself would break the graph (it reads strides as Python ints); there the copy is free.
+        if torch.compiler.is_compiling() or _misaligned_pairs(pairs):
+            pairs = pairs.contiguous()
         rotated = torch.view_as_real(torch.view_as_complex(pairs) * rotation)  # (..., seq, d_k/2, 2)
         rotated = rotated.flatten(-2)  # (..., seq, d_k)
         return rotated if rotated.dtype == x.dtype else rotated.to(x.dtype)
