@@ -15,12 +15,12 @@ import argparse
 import math
 import os
 import statistics
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import interleaved_times
 from lit_llm.data.batch import windows
 from lit_llm.evaluate import evaluate, window_plan
 from lit_llm.model import TransformerLM
@@ -60,12 +60,7 @@ def main() -> None:
         "lit_llm.evaluate": lambda: evaluate(model, tokens, token_bytes, batch_size=args.batch_size)["loss"],
     }
     losses = {name: run() for name, run in runners.items()}  # warm-up, and the losses to compare
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_times(runners, args.rounds)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.2f}; {args.tokens} tokens, batch {args.batch_size}, "

@@ -23,10 +23,10 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 
 import torch
 
+from benchmarks.timing import interleaved_times
 from lit_llm.export import export_model
 from lit_llm.generate import generate_ids
 from lit_llm.model import TransformerLM
@@ -65,14 +65,8 @@ def read_bandwidth(megabytes: int = 256, rounds: int = 5) -> float:
     """Bytes per second a reduction reads from memory (a tensor far larger than the caches)."""
     x = torch.ones(megabytes * 2**20 // 4)
     x.sum()
-    best = min(_timed(x.sum) for _ in range(rounds))
+    best = min(interleaved_times({"sum": x.sum}, rounds)["sum"])
     return x.numel() * 4 / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def weight_bytes_per_token(model: TransformerLM) -> int:
@@ -111,12 +105,7 @@ def main() -> None:
         "ours, KV, bf16": lambda: ours(model_bf16, prompt, args.new_tokens, use_cache=True),
     }
     outputs = {name: run() for name, run in runners.items()}  # warm-up, and the tokens to compare
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_times(runners, args.rounds)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.timing import interleaved_times
 from lit_llm.flops import estimate_flops_per_token
 from lit_llm.losses import cross_entropy
 from lit_llm.model import ModelConfig, TransformerLM
@@ -163,12 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_times(steps, args.rounds)
     peak = max(peak_before, matmul_peak_flops())  # the best of before and after the timed steps
     flops_per_token = estimate_flops_per_token(cfg)
     print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; {flops_per_token / 1e6:.1f} MFLOP per token (training)")

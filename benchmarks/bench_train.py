@@ -130,13 +130,6 @@ def lightning_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, floa
     return _since(clock.start)
 
 
-def _reference_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay for matrices, none for norm gains and the embedding (our parameter_groups' rule)."""
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and not name.startswith("emb.")]
-    rest = [p for name, p in model.named_parameters() if p.ndim < 2 or name.startswith("emb.")]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
 def plain_run(
     config: dict, warmup: int, run_dir: Path, *, builtin: bool, compile_: bool
 ) -> tuple[float, float]:
@@ -164,7 +157,7 @@ def plain_run(
             d_ff=model_config.resolved_d_ff,
             rope_theta=model_config.rope_theta,
         )
-        groups = _reference_groups(model, opt_cfg["weight_decay"])
+        groups = parameter_groups(model, opt_cfg["weight_decay"])  # nn.Embedding and 1-D gains: no decay
         optimizer = torch.optim.AdamW(groups, lr=opt_cfg["lr"], betas=betas, eps=eps, fused=True)
         params = [p for g in groups for p in g["params"]]
 

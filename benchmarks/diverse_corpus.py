@@ -13,13 +13,12 @@ Fixed seed: the same bytes on every machine. 50 MB holds more than 400K distinct
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import random
 from pathlib import Path
 
-from benchmarks.markov_corpus import DEFAULT_CACHE
+from benchmarks.markov_corpus import cached_corpus_path, corpus_main
 from tokenizer.files import EOT, atomic_write
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -70,25 +69,11 @@ def diverse_corpus_path(
     megabytes: float, *, seed: int = 0, cache_dir: str | os.PathLike | None = None
 ) -> Path:
     """Path to a cached corpus of ``megabytes`` MB (10**6 bytes), generating it on first use."""
-    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    path = cache / f"diverse_{megabytes:g}mb_seed{seed}.txt"
-    if not path.exists():
-        write_diverse_corpus(path, int(megabytes * 1_000_000), seed=seed)
-    return path
+    return cached_corpus_path("diverse", write_diverse_corpus, megabytes, seed=seed, cache_dir=cache_dir)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=float, required=True, help="size in MB (10**6 bytes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    path = (
-        write_diverse_corpus(args.out, int(args.mb * 1_000_000), seed=args.seed)
-        if args.out
-        else diverse_corpus_path(args.mb, seed=args.seed)
-    )
-    print(path)
+    corpus_main("diverse", write_diverse_corpus, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -16,16 +16,18 @@ import argparse
 import os
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import regex
+
+from tokenizer.files import EOT, atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The two source texts are small and committed as test fixtures, so the corpus can be made in any clone.
 SOURCE_DIR = REPO_ROOT / "tests" / "fixtures"
 DEFAULT_SOURCES = ("tinyshakespeare.txt", "corpus.en")
 DEFAULT_CACHE = REPO_ROOT / "artifacts" / "corpora"
-EOT = "<|endoftext|>"
 
 # A "word" is a run of non-space characters, or a single newline (so line structure is modelled too).
 _WORD_RE = regex.compile(r"\n|[^\s]+")
@@ -63,11 +65,8 @@ def write_markov_corpus(
     words, table = _transition_table([p.read_text(encoding="utf-8") for p in src_paths])
     rng = random.Random(seed)
     newline_id = words.index("\n")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
     written = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(out_path, "w", encoding="utf-8") as f:
         while written < n_bytes:
             length = rng.randint(*story_words)
             state = rng.randrange(len(words))
@@ -88,32 +87,49 @@ def write_markov_corpus(
             story = "".join(parts).strip("\n") + "\n" + EOT + "\n"
             f.write(story)
             written += len(story.encode("utf-8"))
-    os.replace(tmp, out_path)
-    return out_path
+    return Path(out_path)
+
+
+def cached_corpus_path(
+    name: str,
+    write: Callable[..., Path],
+    megabytes: float,
+    *,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """``<cache>/<name>_<megabytes>mb_seed<seed>.txt``, made by ``write(path, n_bytes, seed=seed)`` on
+    first use (the writers write atomically, so a crash never leaves a half corpus to be reused)."""
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    path = cache / f"{name}_{megabytes:g}mb_seed{seed}.txt"
+    if not path.exists():
+        write(path, int(megabytes * 1_000_000), seed=seed)
+    return path
+
+
+def corpus_main(name: str, write: Callable[..., Path], description: str) -> None:
+    """The command line of a corpus module: ``--mb`` MB into ``--out`` or the cache; prints the path."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--mb", type=float, required=True, help="size in MB (10**6 bytes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.out is None:
+        path = cached_corpus_path(name, write, args.mb, seed=args.seed)
+    else:
+        path = write(args.out, int(args.mb * 1_000_000), seed=args.seed)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def markov_corpus_path(
     megabytes: float, *, seed: int = 0, cache_dir: str | os.PathLike | None = None
 ) -> Path:
     """Path to a cached corpus of ``megabytes`` MB (10**6 bytes), generating it on first use."""
-    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    path = cache / f"markov_{megabytes:g}mb_seed{seed}.txt"
-    if not path.exists():
-        write_markov_corpus(path, int(megabytes * 1_000_000), seed=seed)
-    return path
+    return cached_corpus_path("markov", write_markov_corpus, megabytes, seed=seed, cache_dir=cache_dir)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=float, required=True, help="size in MB (10**6 bytes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    if args.out is None:
-        path = markov_corpus_path(args.mb, seed=args.seed)
-    else:
-        path = write_markov_corpus(args.out, int(args.mb * 1_000_000), seed=args.seed)
-    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+    corpus_main("markov", write_markov_corpus, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The small building blocks of the transformer, written from scratch on plain tensor ops.
 
 Each one is tested against its PyTorch twin (``F.linear``, ``F.embedding``, ``F.rms_norm``, ``F.silu``,
-``torch.softmax``). ``softmax`` and ``silu`` carry a hand-written backward (a ``torch.autograd.Function``):
+``torch.softmax``). ``RMSNorm``, ``softmax``, ``silu`` and SwiGLU's ``silu_gate`` carry a hand-written
+backward (a ``torch.autograd.Function``):
 autograd through their elementwise pieces would keep several full-size intermediates alive and make
 extra passes over memory, which on a CPU costs as much as the arithmetic. The formulas in ``backward``
 are the ones a student derives on paper.
