@@ -283,6 +283,14 @@ def _misaligned_pairs(pairs: Tensor) -> bool:
     return pairs.stride(-1) != 1 or odd_offset or any(st % 2 for st in pairs.stride()[:-1])
 
 
+def _rotate_real(pairs: Tensor, rotation: Tensor) -> Tensor:
+    """(a, b) pairs (..., seq, d_k/2, 2) rotated by (cos, sin) pairs broadcastable against them:
+    the complex product (a + ib)(cos + i sin) in real arithmetic, for torch.compile."""
+    a, b = pairs.unbind(-1)
+    cos, sin = rotation.unbind(-1)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al., 2021): rotate each adjacent pair (x[2i], x[2i+1]) of a
     query/key vector by the angle ``position * theta^(-2i/d_k)``.
@@ -315,18 +323,18 @@ class RotaryEmbedding(nn.Module):
         return torch.stack([angles.cos(), angles.sin()], dim=-1).float()
 
     def _table(self) -> Tensor:
-        """The rotations as complex64 (max_seq_len, d_k/2). ``model.to(torch.bfloat16)`` casts the
-        buffer too; bf16 angles would misplace every position, so it is then rebuilt in float32."""
+        """The (cos, sin) table, float32 (max_seq_len, d_k/2, 2). ``model.to(torch.bfloat16)`` casts
+        the buffer too; bf16 angles would misplace every position, so it is then rebuilt in float32."""
         if self.rotation.dtype not in (torch.float32, torch.float64):
             self.rotation = self._rotations(self.rotation.device)
-        return torch.view_as_complex(self.rotation.float())
+        return self.rotation.float()
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, start: int = 0) -> Tensor:
         """x: (..., seq, d_k); token_positions: (..., seq) int, broadcastable against x's leading dims
         (e.g. (seq,) or (batch, 1, seq) for x of (batch, heads, seq, d_k)); None means
         start..start+seq-1."""
         table = self._table()
-        # (seq, d_k/2), a view without a gather; or (..., seq, d_k/2) at the given positions
+        # (seq, d_k/2, 2), a view without a gather; or (..., seq, d_k/2, 2) at the given positions
         rotation = table[start : start + x.shape[-2]] if token_positions is None else table[token_positions]
         # Rotating the pair (a, b) by angle t is multiplying a + ib by e^{it} = cos t + i sin t:
         #   (a cos t - b sin t) + i (a sin t + b cos t).
@@ -335,11 +343,14 @@ class RotaryEmbedding(nn.Module):
         compute = torch.promote_types(x.dtype, torch.float32)  # complex needs float32/64 (no bf16)
         pairs = x if x.dtype == compute else x.to(compute)
         pairs = pairs.unflatten(-1, (-1, 2))  # (..., seq, d_k/2, 2)
-        # view_as_complex needs (real, imag) adjacent and aligned. Under torch.compile the layout
-        # test itself would break the graph (it reads strides as Python ints); there the copy is free.
-        if torch.compiler.is_compiling() or _misaligned_pairs(pairs):
+        if torch.compiler.is_compiling():
+            # Inductor generates no code for complex ops (it falls back to eager kernels and warns);
+            # written out in real arithmetic, it fuses the rotation into one loop with its neighbours.
+            return _rotate_real(pairs, rotation).flatten(-2).to(x.dtype)
+        # view_as_complex needs (real, imag) adjacent and aligned.
+        if _misaligned_pairs(pairs):
             pairs = pairs.contiguous()
-        rotated = torch.view_as_real(torch.view_as_complex(pairs) * rotation)  # (..., seq, d_k/2, 2)
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rotation))
         rotated = rotated.flatten(-2)  # (..., seq, d_k)
         return rotated if rotated.dtype == x.dtype else rotated.to(x.dtype)
 
