@@ -1,13 +1,29 @@
 """Byte-level BPE training: ``train_bpe`` (pre-tokenize, then merge).
 
-The merge loop works on *distinct* pre-tokens ("words") with their counts, never on the text. Each
-word is a list of symbol ids. Per merge, only the words that contain the merged pair are touched:
+The merge loop works on *distinct* pre-tokens ("words") with their counts, never on the text, and per
+merge it touches only the words that hold the merged pair. On web-like text there are hundreds of
+thousands of distinct words and a few million (word, merge) touches in a run, so what is done per
+touch decides the speed: a Python statement per touch costs seconds. Here nothing is: each merge is a
+handful of whole-array steps, run in C by ``str`` methods, ``map`` and NumPy.
 
-* ``pair_counts[pair]``: how often each adjacent pair occurs, weighted by word counts;
-* ``pair_words[pair]``: the words in which the pair has occurred (a list that may hold stale or
-  repeated entries; they are cheap to skip, cheaper than keeping a set per pair up to date);
-* a heap of ``(-count, order key of a, order key of b, a, b)`` whose entries are checked when popped
-  ("lazy invalidation"): an entry whose count is out of date is pushed again with the true count.
+* **A word is a ``str`` with one character per symbol**: symbol id ``i`` is ``chr(i)``, and the 256
+  bytes are the first 256 code points, so a word starts as ``token.decode("latin-1")``. Merging the
+  pair ``(a, b)`` into the new symbol ``X`` is ``word.replace(a + b, X)``: leftmost non-overlapping
+  occurrences first, which is exactly BPE's rule. Whether a word holds the pair is ``a + b in word``.
+  The words live in a NumPy array of objects, so the holders of a pair are gathered, tested, merged
+  and stored back in one call each.
+* **Which words hold a pair**: for the pairs of two bytes, an index built once (``_BytePairIndex``);
+  for a pair with a merged symbol, ``pair_words``, filled by the merge that creates the pair (a pair
+  with ``X`` only ever appears where a merge puts ``X``, or puts a symbol next to ``X``). Entries go
+  stale as words change; they are cheaper to test than to remove.
+* **How pair counts change** is read off the merged words: laid end to end as one array of code
+  points (``_CodePoints``), every ``X`` has its neighbours right beside it, and each change follows from
+  the neighbours alone (``_pair_changes``): ``(c, a)`` became ``(c, X)``, ``(b, c)`` became ``(X, c)``,
+  and each occurrence used up one ``(a, b)``.
+
+Pairs are integers ``a << 21 | b`` (code points need 21 bits). A heap of ``(-count, order key of a,
+order key of b, pair)`` gives the next merge; entries are checked when popped ("lazy invalidation"):
+one whose count is out of date is pushed again with the true count.
 
 Ties go to the lexicographically greater pair of byte strings. Python's heap pops the *smallest*
 entry, so each symbol gets an order key that sorts in the reverse order of its bytes: byte ``x``
@@ -21,13 +37,20 @@ import heapq
 import os
 import time
 import warnings
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable
-from itertools import pairwise
+from itertools import compress, repeat
 from typing import NamedTuple
+
+import numpy as np
 
 from tokenizer.pretokenize import DEFAULT_CHUNK_BYTES, count_file
 
 _REVERSE_BYTES = bytes(range(255, -1, -1))
+_SEPARATOR = 0x10FFFF  # the code point between words laid end to end; symbol ids stay below it
+_SHIFT = 21  # pair = a << 21 | b
+_LOW = (1 << _SHIFT) - 1
 
 
 def _order_key(token: bytes) -> str:
@@ -42,92 +65,268 @@ class MergeResult(NamedTuple):
     n_tokens: int  # pre-tokens' length in tokens after all merges, weighted by their counts
 
 
+class _CodePoints:
+    """Some words laid end to end as one array of code points, each word followed by the separator.
+
+    ``codes[i]`` is a symbol id (or the separator) and ``word[i]`` the index of the word it belongs
+    to, so NumPy can look at every position of every word at once.
+    """
+
+    def __init__(self, words: list[str]) -> None:
+        sep = chr(_SEPARATOR)
+        text = sep.join(words) + sep
+        # utf-32 is one 4-byte unit per code point; "surrogatepass" lets symbol ids 0xD800-0xDFFF through.
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        self.codes = codes.astype(np.int64)  # (positions,)
+        ends = self.codes == _SEPARATOR
+        self.word = np.cumsum(ends) - ends  # (positions,) which word each position is in
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every adjacent pair inside a word: (pair codes, index of the word holding it)."""
+        left, right = self.codes[:-1], self.codes[1:]
+        inside = (left != _SEPARATOR) & (right != _SEPARATOR)
+        return (left[inside] << _SHIFT) | right[inside], self.word[:-1][inside]
+
+
+class _BytePairIndex:
+    """The count of every pair of two bytes, and which words hold it, computed once.
+
+    All words laid end to end are one array of bytes; each position whose neighbour is in the same
+    word holds the pair ``256 * a + b``, a 16-bit number. Sorting the positions by pair (stably, so
+    word ids stay ascending within a pair; NumPy's stable sort of 16-bit keys is a radix sort, linear
+    time) puts the holders of each pair in one slice of ``_owners``; ``words_with`` reads it.
+    """
+
+    def __init__(self, words: list[str], freqs: np.ndarray) -> None:
+        data = np.frombuffer("".join(words).encode("latin-1"), dtype=np.uint8)  # every char is a byte
+        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        word_of = np.repeat(np.arange(len(words), dtype=np.int32), lengths)  # (positions,)
+        inside = word_of[:-1] == word_of[1:]  # the pair at position i lies within one word
+        codes = (data[:-1].astype(np.uint16) << 8 | data[1:])[inside]
+        owners = word_of[:-1][inside]
+        del word_of, inside
+        # (bincount is ~10x faster given intp and float64 than converting them itself)
+        weights = freqs[owners].astype(np.float64)  # exact: counts stay far below 2**53
+        self.counts = np.bincount(codes.astype(np.intp), weights, minlength=1 << 16).astype(np.int64)
+        order = np.argsort(codes, kind="stable")
+        codes, owners = codes[order], owners[order]
+        del order
+        # A word holding a pair twice is listed once: drop repeats of (pair, word), which are adjacent.
+        first = np.ones(len(codes), dtype=bool)
+        first[1:] = (codes[1:] != codes[:-1]) | (owners[1:] != owners[:-1])
+        codes, self._owners = codes[first], owners[first]
+        self._starts = np.searchsorted(codes, np.arange((1 << 16) + 1))  # pair code -> first slot
+
+    def words_with(self, a: int, b: int) -> np.ndarray:
+        code = 256 * a + b
+        return self._owners[self._starts[code] : self._starts[code + 1]]
+
+
+def _sum_by_pair(pairs: np.ndarray, amounts: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Add up ``amounts`` per distinct pair; the pairs whose total is not zero, with their totals."""
+    unique, inverse = np.unique(pairs, return_inverse=True)
+    totals = np.bincount(inverse, weights=amounts, minlength=len(unique))  # exact: far below 2**53
+    changed = totals != 0
+    return unique[changed].tolist(), totals[changed].astype(np.int64)
+
+
+def _pair_changes(
+    merged: _CodePoints, weights: np.ndarray, a: int, b: int, new: int
+) -> tuple[list[int], np.ndarray]:
+    """How the weighted pair counts change when ``a b`` became ``new`` in some words (``merged``, the
+    words after the merge; ``weights``, their counts), as ``_sum_by_pair`` gives them.
+
+    Every pair that changes touches a ``new``. Around each occurrence, ``(c, a)`` became ``(c, new)``
+    and ``(b, c)`` became ``(new, c)``; where two occurrences meet (``abab`` -> ``XX``), ``(b, a)``
+    became ``(new, new)``, counted once, as the left neighbour of the second; and each occurrence used
+    up one ``(a, b)``. Only valid when no word held ``new`` before this merge.
+    """
+    codes = merged.codes
+    at = np.flatnonzero(codes == new)  # (occurrences,); never at either end: a separator follows
+    weight = weights[merged.word[at]]
+    left, right = codes[at - 1], codes[at + 1]
+    has_left = left != _SEPARATOR  # at == 0 reads codes[-1], the last separator: no left neighbour
+    has_right = (right != _SEPARATOR) & (right != new)
+    left_before = np.where(left == new, b, left)[has_left]  # what the left neighbour was next to a
+    pairs = np.concatenate(
+        [
+            (left[has_left] << _SHIFT) | new,
+            (left_before << _SHIFT) | a,
+            (new << _SHIFT) | right[has_right],
+            (b << _SHIFT) | right[has_right],
+            [(a << _SHIFT) | b],
+        ]
+    )
+    wl, wr = weight[has_left], weight[has_right]
+    amounts = np.concatenate([wl, -wl, wr, -wr, [-weight.sum()]]).astype(np.float64)
+    return _sum_by_pair(pairs, amounts)
+
+
+def _recount_changes(
+    before: _CodePoints, after: _CodePoints, weights: np.ndarray
+) -> tuple[list[int], np.ndarray]:
+    """The same as ``_pair_changes`` by counting every pair of the words before and after the merge:
+    for a merge whose symbol some words already held (two merges can spell the same bytes)."""
+    old, old_word = before.pairs()
+    new, new_word = after.pairs()
+    amounts = np.concatenate([-weights[old_word], weights[new_word]]).astype(np.float64)
+    return _sum_by_pair(np.concatenate([old, new]), amounts)
+
+
+class _NewPairIndex:
+    """Which words each merge gave a pair with its new symbol, kept per symbol.
+
+    A pair with a merged symbol ``X`` only appears where a merge creates ``X`` next to something, or
+    creates a symbol next to ``X``; so the holders of ``(p, q)`` are among the words that the merges
+    creating ``p`` or ``q`` gave that pair. Each merge adds one *batch* for its new symbol: its new
+    pairs, sorted, and for each the words that got it. A lookup is a binary search per batch of the
+    two symbols: no Python work per pair or per word when the index grows.
+    """
+
+    def __init__(self) -> None:
+        # symbol -> batches of (sorted distinct pairs, where each pair's words start in owners, owners)
+        self._batches: defaultdict[int, list[tuple[list[int], list[int], np.ndarray]]] = defaultdict(list)
+
+    def add(self, merged: _CodePoints, ids: np.ndarray, new: int) -> None:
+        """Note the pairs with ``new`` in some merged words (``ids``: their word ids)."""
+        codes = merged.codes
+        at = np.flatnonzero(codes == new)  # (occurrences,)
+        owner = ids[merged.word[at]]
+        left, right = codes[at - 1], codes[at + 1]
+        has_left, has_right = left != _SEPARATOR, right != _SEPARATOR
+        pairs = np.concatenate([(left[has_left] << _SHIFT) | new, (new << _SHIFT) | right[has_right]])
+        if len(pairs) == 0:
+            return
+        owners = np.concatenate([owner[has_left], owner[has_right]])
+        order = np.argsort(pairs, kind="stable")
+        pairs, owners = pairs[order], owners[order]
+        unique, starts = np.unique(pairs, return_index=True)
+        self._batches[new].append((unique.tolist(), [*starts.tolist(), len(pairs)], owners))
+
+    def words_with(self, a: int, b: int) -> np.ndarray:
+        """The ids of the words that may hold the pair ``(a, b)`` (sorted, without repeats)."""
+        pair = a << _SHIFT | b
+        found = []
+        for symbol in {a, b}:
+            for pairs, starts, owners in self._batches.get(symbol, ()):
+                i = bisect_left(pairs, pair)
+                if i < len(pairs) and pairs[i] == pair:
+                    found.append(owners[starts[i] : starts[i + 1]])
+        return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+
+
 def bpe_merges(
     word_counts: dict[bytes, int], num_merges: int, progress: Callable[[int, int], None] | None = None
 ) -> MergeResult:
     """Learn up to ``num_merges`` merges from pre-token counts (fewer if no pair is left)."""
+    if 256 + num_merges >= _SEPARATOR:
+        raise ValueError(f"num_merges={num_merges} is too large: expected fewer than {_SEPARATOR - 256}")
     symbols = [bytes([i]) for i in range(256)]  # symbol id -> bytes
     symbol_id = {s: i for i, s in enumerate(symbols)}  # bytes -> symbol id
     order_key = [_order_key(s) for s in symbols]
 
-    words: list[list[int]] = []
-    freqs: list[int] = []
+    text_words: list[str] = []  # one character per symbol
+    counts: list[int] = []
     n_single = 0  # single-byte words never change; only their weight in n_tokens matters
-    pair_counts: dict[tuple[int, int], int] = {}
-    pair_words: dict[tuple[int, int], list[int]] = {}
     for token, count in word_counts.items():
         if len(token) < 2:
             n_single += count
-            continue
-        w = len(words)
-        words.append(list(token))
-        freqs.append(count)
-        for pair in pairwise(token):
-            pair_counts[pair] = pair_counts.get(pair, 0) + count
-            pair_words.setdefault(pair, []).append(w)
-    heap = [(-c, order_key[a], order_key[b], a, b) for (a, b), c in pair_counts.items()]
+        else:
+            text_words.append(token.decode("latin-1"))  # byte i -> chr(i)
+            counts.append(count)
+    freqs = np.array(counts, dtype=np.int64)  # word id -> its count
+    byte_pairs = _BytePairIndex(text_words, freqs)
+    words = np.empty(len(text_words), dtype=object)  # word id -> the word; gathered and stored in bulk
+    words[:] = text_words
+    del text_words, counts
+
+    pair_counts = {  # pair -> occurrences, weighted by word counts
+        (code >> 8) << _SHIFT | (code & 255): int(byte_pairs.counts[code])
+        for code in np.flatnonzero(byte_pairs.counts).tolist()
+    }
+    new_pairs = _NewPairIndex()  # who holds the pairs with a merged symbol
+    heap = [(-c, order_key[p >> _SHIFT], order_key[p & _LOW], p) for p, c in pair_counts.items()]
     heapq.heapify(heap)
 
+    def push(pairs: list[int], totals: list[int]) -> None:
+        for p, total in zip(pairs, totals, strict=True):
+            heapq.heappush(heap, (-total, order_key[p >> _SHIFT], order_key[p & _LOW], p))
+
+    # Most pairs a merge creates are rare and will never be merged; a heap entry for each would cost
+    # more than the rest of the merge. Pairs counted below `floor` wait in `deferred` instead (repeats
+    # and stale entries allowed); the heap is only trusted while its best count is at least `floor`,
+    # and when it falls below, `floor` is lowered and the waiting pairs that reach it are pushed.
+    # Nothing can overtake: a pair's count is set when a merge creates it and only falls afterwards.
+    floor = -heap[0][0] // 1024 if heap else 0  # a start; lowered 4x at a time
+    deferred: list[int] = []
+
     merges: list[tuple[bytes, bytes]] = []
-    while len(merges) < num_merges and heap:
-        neg_count, key_a, key_b, a, b = heapq.heappop(heap)
-        count = pair_counts.get((a, b), 0)
+    while len(merges) < num_merges:
+        if not heap or -heap[0][0] < floor:
+            if floor == 0:
+                break  # no pair is left
+            floor //= 4
+            waiting = np.fromiter(
+                map(pair_counts.get, deferred, repeat(0)), dtype=np.int64, count=len(deferred)
+            )
+            rise = waiting >= max(floor, 1)
+            push(list(compress(deferred, rise.tolist())), waiting[rise].tolist())
+            deferred = list(compress(deferred, ((waiting > 0) & ~rise).tolist()))
+            continue
+        neg_count, key_a, key_b, pair = heapq.heappop(heap)
+        count = pair_counts.get(pair, 0)
         if count != -neg_count:
-            # Out of date. A lower true count is pushed back; a higher one already has its own entry.
-            if 0 < count < -neg_count:
-                heapq.heappush(heap, (-count, key_a, key_b, a, b))
+            # Out of date. A lower true count goes back; a higher one already has its own entry.
+            if 0 < count < -neg_count and count >= floor:
+                heapq.heappush(heap, (-count, key_a, key_b, pair))
+            elif 0 < count < floor:
+                deferred.append(pair)
             continue
 
-        merged = symbols[a] + symbols[b]
+        a, b = pair >> _SHIFT, pair & _LOW
         merges.append((symbols[a], symbols[b]))
+        merged = symbols[a] + symbols[b]
         new = symbol_id.get(merged)  # two different merges can spell the same bytes: one symbol
+        seen_before = new is not None
         if new is None:
             new = symbol_id[merged] = len(symbols)
             symbols.append(merged)
             order_key.append(_order_key(merged))
 
-        # Rewrite each word that holds the pair, noting how pair counts change: around each
-        # occurrence, (prev, a) becomes (prev, new) and (b, next) becomes (new, next).
-        changes: dict[tuple[int, int], int] = {}
-        for w in set(pair_words.pop((a, b))):
-            word, freq = words[w], freqs[w]
-            out: list[int] = []
-            i, n = 0, len(word)
-            while i < n:
-                if word[i] == a and i + 1 < n and word[i + 1] == b:
-                    if out:
-                        prev = out[-1]
-                        changes[prev, a] = changes.get((prev, a), 0) - freq
-                        changes[prev, new] = changes.get((prev, new), 0) + freq
-                        pair_words.setdefault((prev, new), []).append(w)
-                    if i + 2 < n:
-                        after = word[i + 2]
-                        changes[b, after] = changes.get((b, after), 0) - freq
-                        changes[new, after] = changes.get((new, after), 0) + freq
-                        pair_words.setdefault((new, after), []).append(w)
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            words[w] = out
+        # The words that may hold the pair; those that no longer do fail the `in` test.
+        candidates = byte_pairs.words_with(a, b) if a < 256 and b < 256 else new_pairs.words_with(a, b)
+        pair_text, new_text = chr(a) + chr(b), chr(new)
+        held = np.fromiter(
+            map(str.__contains__, words[candidates], repeat(pair_text)), dtype=bool, count=len(candidates)
+        )
+        ids = candidates[held]
+        old_words = words[ids].tolist()
+        new_words = list(map(str.replace, old_words, repeat(pair_text), repeat(new_text)))
+        words[ids] = new_words
 
-        # Only pairs with `new` go up (they need a heap entry); the others go down (lazily handled).
-        for pair, change in changes.items():
-            count = pair_counts.get(pair, 0) + change
-            if count > 0:
-                pair_counts[pair] = count
-                if change > 0:
-                    heapq.heappush(heap, (-count, order_key[pair[0]], order_key[pair[1]], *pair))
-            else:  # the pair occurs in no word any more
-                pair_counts.pop(pair, None)
-                pair_words.pop(pair, None)
-        pair_counts.pop((a, b), None)
+        after = _CodePoints(new_words)
+        if seen_before:
+            changed, changes = _recount_changes(_CodePoints(old_words), after, freqs[ids])
+        else:
+            changed, changes = _pair_changes(after, freqs[ids], a, b, new)
+        new_pairs.add(after, ids, new)
+
+        # All counts at once (C-level map and dict.update); only pairs with `new` go up and need a heap
+        # entry, the others go down (lazily handled). A pair at zero occurs in no word any more.
+        current = np.fromiter(map(pair_counts.get, changed, repeat(0)), dtype=np.int64, count=len(changed))
+        totals = (current + changes).tolist()
+        pair_counts.update(zip(changed, totals, strict=True))
+        for p in compress(changed, (current + changes <= 0).tolist()):
+            del pair_counts[p]
+        rising = changes > 0
+        high = rising & (current + changes >= floor)
+        push(list(compress(changed, high.tolist())), list(compress(totals, high.tolist())))
+        deferred.extend(compress(changed, (rising & ~high).tolist()))
         if progress is not None:
             progress(len(merges), num_merges)
 
-    n_tokens = n_single + sum(len(word) * freq for word, freq in zip(words, freqs, strict=True))
-    return MergeResult(merges=merges, n_tokens=n_tokens)
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    return MergeResult(merges=merges, n_tokens=n_single + int(lengths @ freqs))
 
 
 class TrainResult(NamedTuple):
