@@ -1,11 +1,16 @@
-"""BPE training: ours (``tokenizer.train_bpe``) vs Hugging Face ``tokenizers`` (Rust), same run.
+"""BPE training: ours (``tokenizer.train_bpe``) vs Hugging Face ``tokenizers`` and ``rustbpe`` (both
+Rust), same run.
 
-    python -m benchmarks.bench_bpe [--repeat 3] [--mb 50] [--workers N]
+    python -m benchmarks.bench_bpe [--repeat 3] [--mb 50] [--workers N] [--only NAME]
 
-Cases: vocab 10000 on tinyshakespeare.txt and on a 50 MB Markov corpus (``benchmarks.markov_corpus``),
-vocab 500 on corpus.en. HF is configured alike: a ByteLevel BPE whose pre-tokenizer is GPT-2's regex,
-every byte in the initial alphabet, ``<|endoftext|>`` a special token that its pre-tokenizer cuts out
-first (HF 0.23 otherwise learns merges from the special token's text, even when it is registered).
+Cases: vocab 10000 on tinyshakespeare.txt, on a 50 MB Markov corpus (``benchmarks.markov_corpus``: low
+diversity, ~26K distinct pre-tokens) and on a 50 MB long-tailed corpus (``benchmarks.diverse_corpus``:
+~730K distinct pre-tokens); vocab 500 on corpus.en. ``rustbpe`` (nanochat's trainer, a dev extra; left
+out with a note where it is not installed) gets the documents of the file split at ``<|endoftext|>``,
+GPT-2's pattern and the same number of merges. HF is configured alike: a ByteLevel BPE whose
+pre-tokenizer is GPT-2's regex, every byte in the initial alphabet, ``<|endoftext|>`` a special token
+that its pre-tokenizer cuts out first (HF 0.23 otherwise learns merges from the special token's text,
+even when it is registered).
 
 Each training runs in a fresh Python process; the wall time is measured inside it around the training
 call only (no interpreter start-up or imports). Peak memory is the largest summed RSS of that process
@@ -88,6 +93,33 @@ json.dump({"seconds": seconds, "merges": merges, "vocab": tok.get_vocab_size(), 
 )
 
 
+RUSTBPE = (
+    PEAK_KB
+    + """
+import json, sys, time
+import rustbpe
+path, vocab_size, workers, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+gpt2 = r"'(?:[sdmt]|ll|ve|re)| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
+start = time.perf_counter()
+with open(path, encoding="utf-8") as f:
+    documents = f.read().split("<|endoftext|>")
+tok = rustbpe.Tokenizer()
+tok.train_from_iterator(iter(documents), vocab_size - 1, pattern=gpt2)  # 256 bytes + merges, no special
+seconds = time.perf_counter() - start
+report = {"seconds": seconds, "merges": [], "vocab": tok.vocab_size + 1, "peak_kb": peak_kb()}
+json.dump(report, open(out, "w"))
+"""
+)
+
+
+def have_rustbpe() -> bool:
+    try:
+        import rustbpe  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def tree_rss(proc: psutil.Process) -> int:
     """Summed RSS of a process and its descendants (0 for any that vanished meanwhile)."""
     total = 0
@@ -116,10 +148,13 @@ def run(script: str, path: Path, vocab_size: int, workers: int | None) -> dict:
 
 
 def bench(name: str, path: Path, vocab_size: int, repeat: int, workers: int | None) -> None:
-    ours, hf = [], []
-    for _ in range(repeat):
+    use_rust = have_rustbpe()
+    ours, hf, rust = [], [], []
+    for _ in range(repeat):  # interleaved, so that a burst of load elsewhere hits all alike
         ours.append(run(OURS, path, vocab_size, workers))
         hf.append(run(HF, path, vocab_size, workers))
+        if use_rust:
+            rust.append(run(RUSTBPE, path, vocab_size, workers))
     t_ours, t_hf = min(r["seconds"] for r in ours), min(r["seconds"] for r in hf)
     m_ours, m_hf = min(r["peak_tree_mb"] for r in ours), min(r["peak_tree_mb"] for r in hf)
     to_byte = {c: b for b, c in bytes_to_unicode().items()}  # HF writes merges in GPT-2's alphabet
@@ -134,6 +169,15 @@ def bench(name: str, path: Path, vocab_size: int, repeat: int, workers: int | No
         f"  peak RSS    ours {m_ours:7.1f} MB  HF {m_hf:7.1f} MB  ours/HF {m_ours / m_hf:5.2f}x"
         f"   (VmHWM of the main process: ours {hwm_ours:.1f} MB, HF {hwm_hf:.1f} MB)"
     )
+    if use_rust:
+        t_rust, m_rust = min(r["seconds"] for r in rust), min(r["peak_tree_mb"] for r in rust)
+        print(
+            f"  rustbpe     {t_rust:7.3f} s, peak RSS {m_rust:7.1f} MB   ours/rustbpe {t_ours / t_rust:5.2f}x"
+            "   (its time includes reading the file; its vocab "
+            f"{rust[0]['vocab']} with a slot for the special token)"
+        )
+    else:
+        print("  rustbpe     not installed (pip install rustbpe, or the dev extra): left out")
     times = ", ".join(f"{r['seconds']:.3f}" for r in ours)
     spread = statistics.pstdev([r["seconds"] for r in ours]) if repeat > 1 else 0.0
     print(f"  our times   {times} s (stdev {spread:.3f})")
@@ -152,6 +196,7 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="our processes (default: all cores)"
     )  # HF: all
+    parser.add_argument("--only", default=None, help="run only the cases whose name contains this")
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     cases = [
@@ -161,6 +206,8 @@ def main() -> None:
         (f"long-tailed {args.mb:g} MB (high diversity)", diverse_corpus_path(args.mb), 10000),
     ]
     for name, path, vocab_size in cases:
+        if args.only is not None and args.only not in name:
+            continue
         bench(name, path, vocab_size, args.repeat, args.workers)
     print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -2,12 +2,14 @@
 
     python -m benchmarks.bench_encode [--mb 20] [--workers N]
 
-The text is the fixed-seed Markov corpus (``benchmarks.markov_corpus``: English statistics, no line
-repeated, stories separated by ``<|endoftext|>``). Every figure is MB of UTF-8 input per second of
-wall time, measured in this run, each encoder starting cold (fresh object, empty caches); parallel
-figures include starting the workers. Ids are checked to be identical across all of them.
-Targets (issue 4): ours single-process >= 0.4x tiktoken single-thread; ``encode_file`` on all cores
->= 0.75x tiktoken single-thread.
+Two corpora, each fixed-seed: the Markov corpus (``benchmarks.markov_corpus``: English statistics, no
+line repeated, stories separated by ``<|endoftext|>``; few distinct pre-tokens, so nearly every one
+hits our cache) and the long-tailed corpus (``benchmarks.diverse_corpus``: hundreds of thousands of
+distinct pre-tokens, so the BPE of cache misses is the hot path). Every figure is MB of UTF-8 input per
+second of wall time, measured in this run, each encoder starting cold (fresh object, empty caches);
+parallel figures include starting the workers. Ids are checked to be identical across all of them.
+Targets (issue 14): ours single-process >= 0.7x tiktoken single-thread on the Markov corpus and
+>= 0.5x on the long-tailed one; ``encode_file`` with 2 workers >= 1.0x tiktoken single-thread on both.
 """
 
 from __future__ import annotations
@@ -146,7 +148,9 @@ def bench_corpus(path: Path, workers: int, rounds: int) -> None:
         same_text = {None: "-", True: "yes", False: "NO"}[same[name]]
         print(f"{name:<52} {n_mb / seconds:7.2f} {t_tk / seconds:14.2f}  {same_text}")
     names = list(encoders)
-    for what, name, target in [("single process", names[0], 0.40), ("encode_file   ", names[1], 0.75)]:
+    single_target = 0.5 if "diverse" in path.name else 0.7
+    targets = [("single process", names[0], single_target), ("encode_file   ", names[1], 1.0)]
+    for what, name, target in targets:
         ratio = t_tk / best[name]
         verdict = "met" if ratio >= target else "NOT met"
         print(f"target: {what} >= {target:.2f}x tiktoken 1 thread: {ratio:.2f}x ({verdict})")
