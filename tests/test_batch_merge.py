@@ -1,0 +1,92 @@
+"""The batched BPE of cache misses (``tokenizer.batch_merge``) gives exactly ``Tokenizer._bpe``'s ids,
+and encoding long-tailed text (where most pre-tokens miss the cache) gives exactly tiktoken's ids."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+from gpt2_reference import ours_gpt2, tiktoken_gpt2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks.diverse_corpus import write_diverse_corpus
+from tokenizer.batch_merge import PairTable, merge_same_length
+from tokenizer.bpe import train_bpe
+from tokenizer.splitting import pretokenize
+from tokenizer.tokenizer import Tokenizer
+
+
+def batched(tok: Tokenizer, pieces: list[bytes]) -> dict[bytes, tuple[int, ...]]:
+    """``merge_same_length`` over ``pieces`` grouped by length (what ``Tokenizer`` does with misses)."""
+    table = PairTable(tok._encoder, tok._ranks)
+    by_length: dict[int, list[bytes]] = {}
+    for piece in dict.fromkeys(pieces):
+        if len(piece) >= 2:
+            by_length.setdefault(len(piece), []).append(piece)
+    out: dict[bytes, tuple[int, ...]] = {}
+    for group in by_length.values():
+        out.update(zip(group, merge_same_length(table, group), strict=True))
+    return out
+
+
+@functools.cache
+def gpt2() -> Tokenizer:
+    return ours_gpt2()
+
+
+def test_equals_per_word_bpe_on_real_text(fixture_file):
+    tok = gpt2()
+    text = fixture_file("tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
+    pieces = [p.encode() for p in pretokenize(text)]
+    pieces = [p for p in pieces if p not in tok._encoder]  # as Tokenizer hands them over
+    got = batched(tok, pieces)
+    assert len(got) > 1000
+    assert got == {p: tok._bpe(p) for p in got}
+
+
+def test_rank_is_by_bytes_not_by_the_merge_pair():
+    # "abc" is made by the merge (a, bc), but in "xabc" the pair (a, b) merges first, after which the
+    # adjacent pair is (ab, c): no merge has it, yet its bytes are the token "abc", so it merges
+    # (tiktoken's rule, and _bpe's). A table of the merge pairs alone would leave x + ab + c.
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab", 257: b"bc", 258: b"abc"}
+    tok = Tokenizer(vocab, [(b"a", b"b"), (b"b", b"c"), (b"a", b"bc")])
+    assert tok._bpe(b"xabc") == (ord("x"), 258)
+    pieces = [b"xabc", b"abcabc", b"bcab", b"cabx"]
+    assert batched(tok, pieces) == {p: tok._bpe(p) for p in pieces}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    training=st.text(alphabet="abcab c", min_size=50, max_size=400),
+    pieces=st.lists(st.text(alphabet="abc", min_size=2, max_size=40), min_size=1, max_size=60),
+)
+def test_equals_per_word_bpe_on_random_vocabularies(tmp_path_factory, training, pieces):
+    path = tmp_path_factory.mktemp("bpe") / "train.txt"
+    path.write_text(training, encoding="utf-8")
+    vocab, merges = train_bpe(path, 256 + 40, [])
+    tok = Tokenizer(vocab, merges)
+    encoded = [p.encode() for p in pieces if p.encode() not in tok._encoder]  # as Tokenizer hands them
+    assert batched(tok, encoded) == {p: tok._bpe(p) for p in dict.fromkeys(encoded)}
+
+
+@pytest.fixture(scope="module")
+def long_tailed_text(tmp_path_factory) -> str:
+    """The first megabyte of the long-tailed benchmark corpus, generated from the same seed."""
+    path = write_diverse_corpus(tmp_path_factory.mktemp("diverse") / "diverse.txt", 1_000_000)
+    return path.read_text(encoding="utf-8")
+
+
+def test_ids_equal_tiktoken_on_long_tailed_text(long_tailed_text):
+    tok = Tokenizer(gpt2().vocab, gpt2().merges, gpt2().special_tokens)
+    ids = tok.encode(long_tailed_text)
+    assert tok._misses_seen > 30_000  # most pre-tokens missed the cache: the batched path ran
+    assert "_pair_table" in tok.__dict__
+    assert ids == tiktoken_gpt2().encode(long_tailed_text, allowed_special="all")
+
+
+def test_small_cache_stays_bounded_on_long_tailed_text(long_tailed_text):
+    text = long_tailed_text[:200_000]
+    small = Tokenizer(gpt2().vocab, gpt2().merges, gpt2().special_tokens, cache_size=1000)
+    assert small.encode(text) == gpt2().encode(text)
+    assert len(small._cache) + len(small._cache.previous) <= 1000
