@@ -44,6 +44,7 @@ from tokenizer.tokenizer import Tokenizer
 __all__ = ["encode_file", "meta_path_for"]
 
 MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 1 << 16, 1 << 22
+BULK_BYTES = 1 << 23  # from 8 MB, the batched merge's table is built before forking
 
 
 def meta_path_for(output_path: str | os.PathLike) -> Path:
@@ -127,6 +128,8 @@ def encode_file(
         ranges = chunk_ranges(f, stat.st_size, tokenizer.special_tokens, chunk_bytes)
     workers = max(1, min(workers, len(ranges))) if CAN_FORK else 1
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
+    if stat.st_size >= BULK_BYTES:
+        tokenizer.prepare_bulk_encoding()  # once, here: the forked workers inherit it
 
     def work(i: int, send: Callable[[bytes], None]) -> None:  # runs in forked worker i
         for start, end in ranges[i + 1 :: workers]:
