@@ -40,7 +40,7 @@ import warnings
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable
-from itertools import compress, repeat
+from itertools import accumulate, chain, compress, repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -51,6 +51,7 @@ _REVERSE_BYTES = bytes(range(255, -1, -1))
 _SEPARATOR = 0x10FFFF  # the code point between words laid end to end; symbol ids stay below it
 _SHIFT = 21  # pair = a << 21 | b
 _LOW = (1 << _SHIFT) - 1
+_FEW_WORDS = 32  # a merge touching at most this many words is done in plain Python (_few_changes)
 
 
 def _order_key(token: bytes) -> str:
@@ -162,6 +163,40 @@ def _pair_changes(
     return _sum_by_pair(pairs, amounts)
 
 
+def _few_changes(
+    merged: list[str], weights: list[int], ids: list[int], a: int, b: int, new: int
+) -> tuple[list[int], np.ndarray, dict[int, list[int]]]:
+    """``_pair_changes`` and ``_NewPairIndex.add`` for a merge that touched few words, one occurrence
+    at a time in plain Python: the same rules, without NumPy's cost per call, which is what a merge of
+    a few words would mostly pay (most merges of a low-diversity corpus touch a handful of words).
+    Returns the changed pairs, their changes, and the words holding each pair with ``new``."""
+    changes: defaultdict[int, int] = defaultdict(int)
+    holders: defaultdict[int, list[int]] = defaultdict(list)
+    symbol = chr(new)
+    for word, weight, w in zip(merged, weights, ids, strict=True):
+        at = word.find(symbol)
+        while at >= 0:
+            if at > 0:  # (c, a) became (c, new); (b, a) became (new, new) where two occurrences meet
+                left = ord(word[at - 1])
+                changes[left << _SHIFT | new] += weight
+                changes[(b if left == new else left) << _SHIFT | a] -= weight
+                holders[left << _SHIFT | new].append(w)
+            if at + 1 < len(word):  # (b, c) became (new, c); (new, new) was counted as a left
+                right = ord(word[at + 1])
+                if right != new:
+                    changes[new << _SHIFT | right] += weight
+                    changes[b << _SHIFT | right] -= weight
+                holders[new << _SHIFT | right].append(w)
+            changes[a << _SHIFT | b] -= weight  # each occurrence used up one (a, b)
+            at = word.find(symbol, at + 1)
+    changed = [p for p, change in changes.items() if change]
+    return (
+        changed,
+        np.fromiter(map(changes.__getitem__, changed), dtype=np.int64, count=len(changed)),
+        holders,
+    )
+
+
 def _recount_changes(
     before: _CodePoints, after: _CodePoints, weights: np.ndarray
 ) -> tuple[list[int], np.ndarray]:
@@ -202,6 +237,13 @@ class _NewPairIndex:
         pairs, owners = pairs[order], owners[order]
         unique, starts = np.unique(pairs, return_index=True)
         self._batches[new].append((unique.tolist(), [*starts.tolist(), len(pairs)], owners))
+
+    def add_pairs(self, new: int, holders: dict[int, list[int]]) -> None:
+        """The same as ``add``, given the word ids of each pair with ``new`` (see ``_few_changes``)."""
+        pairs = sorted(holders)
+        starts = [0, *accumulate(len(holders[p]) for p in pairs)]
+        owners = np.fromiter(chain.from_iterable(holders[p] for p in pairs), dtype=np.int64, count=starts[-1])
+        self._batches[new].append((pairs, starts, owners))
 
     def words_with(self, a: int, b: int) -> np.ndarray:
         """The ids of the words that may hold the pair ``(a, b)`` (sorted, without repeats)."""
@@ -304,12 +346,16 @@ def bpe_merges(
         new_words = list(map(str.replace, old_words, repeat(pair_text), repeat(new_text)))
         words[ids] = new_words
 
-        after = _CodePoints(new_words)
-        if seen_before:
-            changed, changes = _recount_changes(_CodePoints(old_words), after, freqs[ids])
+        if len(ids) <= _FEW_WORDS and not seen_before:
+            changed, changes, holders = _few_changes(new_words, freqs[ids].tolist(), ids.tolist(), a, b, new)
+            new_pairs.add_pairs(new, holders)
         else:
-            changed, changes = _pair_changes(after, freqs[ids], a, b, new)
-        new_pairs.add(after, ids, new)
+            after = _CodePoints(new_words)
+            if seen_before:
+                changed, changes = _recount_changes(_CodePoints(old_words), after, freqs[ids])
+            else:
+                changed, changes = _pair_changes(after, freqs[ids], a, b, new)
+            new_pairs.add(after, ids, new)
 
         # All counts at once (C-level map and dict.update); only pairs with `new` go up and need a heap
         # entry, the others go down (lazily handled). A pair at zero occurs in no word any more.
