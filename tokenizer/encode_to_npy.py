@@ -132,20 +132,23 @@ def encode_file(
         tokenizer.prepare_bulk_encoding()  # once, here: the forked workers inherit it
 
     def work(i: int, send: Callable[[bytes], None]) -> None:  # runs in forked worker i
-        for start, end in ranges[i + 1 :: workers]:
+        for start, end in ranges[i::workers]:
             send(_encode_range(input_path, start, end, tokenizer, dtype, errors))
 
+    # With several workers, all of them are forked and this process only writes what they send, in
+    # order: a chunk's ids (hundreds of KB) overflow a pipe, so a worker waits until they are read,
+    # and this process reading only between chunks of its own would leave the workers idle meanwhile.
     n_tokens = 0
     with (
-        Workers(workers - 1, work) as pool,  # forked first, before the progress bar's thread exists
+        Workers(workers if workers > 1 else 0, work) as pool,  # forked before the progress bar's thread
         atomic_write(output_path, "wb") as out,
         ProgressBar(stat.st_size, f"encoding {input_path.name}", progress, unit="bytes") as bar,
     ):
         header_size = _write_npy_header(out, dtype, 0)
         for j, (start, end) in enumerate(ranges):
-            if j % workers == 0:  # this process's share
+            if workers == 1:
                 data = _encode_range(input_path, start, end, tokenizer, dtype, errors)
-            elif (data := pool.receive(j % workers - 1)) is None:
+            elif (data := pool.receive(j % workers)) is None:
                 raise RuntimeError(f"encoding {input_path}: a worker finished early")
             out.write(data)
             n_tokens += len(data) // dtype.itemsize
