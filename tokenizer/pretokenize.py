@@ -13,6 +13,7 @@ grows with the number of distinct pre-tokens, not with the file. The pre-tokens 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -254,6 +255,9 @@ class Workers:
         status = 1
         try:
             _die_with_parent(parent)
+            # Everything inherited from the parent (its data, perhaps a large list) is left out of this
+            # process's garbage collections: traversing it would cost time and copy its pages.
+            gc.freeze()
             for fd in [*self._fds, read_fd]:  # the other workers' pipes are none of this one's business
                 os.close(fd)
             work(i, lambda data: _send(write_fd, b"D", data))
