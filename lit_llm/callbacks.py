@@ -13,9 +13,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback, RichModelSummary, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from torch import Tensor
 
 # Dense (no sparsity) peak FLOP/s per device from the vendors' datasheets, by compute precision.
@@ -325,6 +326,42 @@ class LogStepProgressBar(RichProgressBar):
             style = self.theme.description  # styled the way the stock bar styles its descriptions
             name = f"[{style}]train" if style else "train"
             self.progress.update(self.train_progress_bar_id, description=name)
+
+
+class ModelSummary(RichModelSummary):
+    """Lightning's model table with a FLOPs column that is true: each row's training (forward +
+    backward) FLOPs per token by ``lit_llm.flops`` (the count MFU uses), and their total.
+
+    Lightning fills that column only by running an ``example_input_array`` through the model (under
+    ``compile=true`` a compilation of its own, for a shape training never uses), and otherwise prints
+    zeros and ``Total FLOPs: 0``.
+    """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lit_llm.flops import module_flops_per_token
+
+        if not self._max_depth:
+            return
+        seq_len = pl_module.config.context_length
+        summary = self._summary(trainer, pl_module)
+        modules = dict(pl_module.named_modules())
+        data = summary._get_summary_data()
+        names = dict(data)["Name"]
+        flops = [
+            get_human_readable_count(int(module_flops_per_token(modules[name], seq_len))) for name in names
+        ]
+        data = [(column, flops if column == "FLOPs" else values) for column, values in data]
+        if trainer.is_global_zero:
+            self.summarize(
+                data,
+                summary.total_parameters,
+                summary.trainable_parameters,
+                summary.model_size,
+                summary.total_training_modes,
+                total_flops=int(module_flops_per_token(pl_module, seq_len)),
+                **self._summarize_kwargs,
+            )
+            rank_zero_info(f"FLOPs: training (forward + backward) FLOPs per token at context {seq_len}")
 
 
 class RunClock(Callback):

@@ -70,3 +70,17 @@ def estimate_flops_per_token(config: ModelConfig, seq_len: int | None = None) ->
     seq = config.context_length if seq_len is None else seq_len
     attention = 12 * config.num_layers * config.d_model * seq
     return float(6 * matmul_parameters(config) + attention)
+
+
+def module_flops_per_token(module: nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token of any part of the model, by the same formula: 6 per weight of each
+    ``Linear`` inside it (a weight shared by two, as a tied ``lm_head``, belongs to the ``Linear``) and
+    the attention term for each attention layer inside it. For a whole ``TransformerLM`` this equals
+    ``estimate_flops_per_token(config, seq_len)``; the model summary's FLOPs column shows it per row."""
+    from lit_llm.model.attention import MultiHeadSelfAttention
+    from lit_llm.model.layers import Linear
+
+    parts = list(module.modules())
+    matmul = sum(m.weight.numel() for m in parts if isinstance(m, Linear))
+    attention = sum(12 * m.d_model * seq_len for m in parts if isinstance(m, MultiHeadSelfAttention))
+    return float(6 * matmul + attention)

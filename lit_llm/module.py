@@ -85,8 +85,13 @@ class LanguageModelModule(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
         self.config = ModelConfig.from_dict(dict(model))
+        # Derived values recorded as built (d_ff: None -> the width used), so the checkpoint and the
+        # TensorBoard HParams table say what the model is; loading it builds the same model.
+        resolved = {**dict(model), "d_ff": self.config.resolved_d_ff}
+        self.save_hyperparameters(
+            {"model": resolved, "optimizer": optimizer, "scheduler": scheduler, "compile": compile}
+        )
         self.model = TransformerLM.from_config(self.config)
         if compile:
             self.model.compile()  # in place: same module, same parameter names

@@ -179,6 +179,25 @@ class _Builder:
         return [obj for obj in built if obj is not None]
 
 
+def _quiet_unactionable_messages() -> None:
+    """Two lines every run printed that a user can do nothing about, each filtered by its own text
+    (nothing else is silenced): torch's deprecation of ``LeafSpec``, which Lightning's ``_pytree`` still
+    uses, and Lightning's advertisement for its cloud logger."""
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvertisement) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropAdvertisement())
+
+
+class _DropAdvertisement(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
+
+
 def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(trainer, module, datamodule) from a validated, resolved config."""
     import lightning.pytorch as pl
@@ -190,6 +209,7 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     from lit_llm.module import LanguageModelModule
     from lit_llm.run_checkpoints import AtomicCheckpointIO
 
+    _quiet_unactionable_messages()
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(config["matmul_precision"])

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_llm.model import ModelConfig
+
 REPO = Path(__file__).resolve().parent.parent
 SCALAR_TAGS = {
     "train/loss",
@@ -52,7 +54,13 @@ def only(paths: list[Path]) -> Path:
 def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path, session_data_paths) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_train(tmp_path, "experiment=quickstart", "debug=fast", "logger=tensorboard", *session_data_paths)
+    result = run_train(
+        tmp_path, "experiment=quickstart", "debug=fast", "logger=tensorboard", *session_data_paths
+    )
+    output = result.stdout + result.stderr
+    # The terminal: a real FLOPs total, and neither torch's LeafSpec deprecation nor Lightning's advert.
+    assert "Total FLOPs:" in output and "Total FLOPs: 0 " not in output
+    assert "LeafSpec" not in output and "litlogger" not in output
     run_dir = only(list((tmp_path / "logs" / "debug").iterdir()))
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
@@ -60,6 +68,8 @@ def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path,
     events.Reload()
     tags = events.Tags()
     assert set(tags["scalars"]) >= SCALAR_TAGS, SCALAR_TAGS - set(tags["scalars"])
+    # One tag per quantity, nothing constant: no `epoch` (always 0), no second learning-rate tag.
+    assert not [tag for tag in tags["scalars"] if tag == "epoch" or tag.startswith("lr-")]
     assert len(events.Scalars("train/loss")) == 4  # debug=fast: 4 steps, logged every step
     assert len(events.Scalars("val/loss")) == 2  # validated at steps 2 and 4
     assert "samples/text_summary" in tags["tensors"]
@@ -72,6 +82,10 @@ def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path,
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4
     assert ckpt["model_config"]["d_model"] == 32
+    # Derived values are recorded resolved (the HParams table read `model/d_ff = None`).
+    assert (
+        ckpt["hyper_parameters"]["model"]["d_ff"] == ModelConfig.from_dict(ckpt["model_config"]).resolved_d_ff
+    )
     assert all(k.startswith("model.") and "_orig_mod" not in k for k in ckpt["state_dict"])
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from lit_llm.flops import count_parameters, estimate_flops_per_token
+from lit_llm.flops import count_parameters, estimate_flops_per_token, module_flops_per_token
 from lit_llm.losses import cross_entropy
 from lit_llm.model import ModelConfig, TransformerBlock, TransformerLM, default_d_ff
 from lit_llm.optim import AdamW
@@ -266,3 +266,14 @@ def test_flops_formula_for_the_tinystories_base_model():
     assert estimate_flops_per_token(tied) == estimate_flops_per_token(cfg)  # lm_head still multiplies
     assert count_parameters(tied) == count_parameters(cfg) - 10000 * 512
     assert count_parameters(cfg, exclude_embeddings=True) == count_parameters(cfg) - 10000 * 512
+
+
+@pytest.mark.parametrize("changes", [{}, {"tie_embeddings": True}, {"ffn": "silu"}, {"d_ff": 40}])
+def test_module_flops_add_up_to_the_model_estimate(changes):
+    # The model summary's FLOPs column: per module, by the same formula as the MFU estimate.
+    cfg = ModelConfig(**TINY, **changes)
+    model = TransformerLM(cfg)
+    assert module_flops_per_token(model, cfg.context_length) == estimate_flops_per_token(cfg)
+    parts = [model.token_embeddings, model.layers, model.ln_final, model.lm_head]
+    assert sum(module_flops_per_token(m, cfg.context_length) for m in parts) == estimate_flops_per_token(cfg)
+    assert module_flops_per_token(model.token_embeddings, cfg.context_length) == 0  # a lookup
