@@ -13,13 +13,15 @@ handful of whole-array steps, run in C by ``str`` methods, ``map`` and NumPy.
   The words live in a NumPy array of objects, so the holders of a pair are gathered, tested, merged
   and stored back in one call each.
 * **Which words hold a pair**: for the pairs of two bytes, an index built once (``_BytePairIndex``);
-  for a pair with a merged symbol, ``pair_words``, filled by the merge that creates the pair (a pair
-  with ``X`` only ever appears where a merge puts ``X``, or puts a symbol next to ``X``). Entries go
-  stale as words change; they are cheaper to test than to remove.
+  for a pair with a merged symbol, ``_NewPairIndex``, one batch per merge of the pairs it created and
+  the words it gave them (a pair with ``X`` only ever appears where a merge puts ``X``, or puts a
+  symbol next to ``X``). Entries go stale as words change; they are cheaper to test than to remove.
 * **How pair counts change** is read off the merged words: laid end to end as one array of code
   points (``_CodePoints``), every ``X`` has its neighbours right beside it, and each change follows from
   the neighbours alone (``_pair_changes``): ``(c, a)`` became ``(c, X)``, ``(b, c)`` became ``(X, c)``,
-  and each occurrence used up one ``(a, b)``.
+  and each occurrence used up one ``(a, b)``. A merge that touches only a few words (most merges of a
+  low-diversity corpus) applies the same rules in plain Python instead (``_few_changes``): there
+  NumPy's cost per call, not the work, would dominate.
 
 Pairs are integers ``a << 21 | b`` (code points need 21 bits). A heap of ``(-count, order key of a,
 order key of b, pair)`` gives the next merge; entries are checked when popped ("lazy invalidation"):
