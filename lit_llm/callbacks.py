@@ -222,6 +222,42 @@ class TextSamples(Callback):
         rank_zero_info(f"samples at step {step}:\n" + "\n".join(f"  {s!r}" for s in samples))
 
 
+class ParameterHistograms(Callback):
+    """After every validation, a histogram of each weight and of its gradient (TensorBoard's
+    HISTOGRAMS and DISTRIBUTIONS tabs): ``weights/<name>`` and ``grads/<name>``, one per parameter
+    tensor (``model.layers.0.attn.q_proj.weight``, ...), so a layer whose weights drift or whose
+    gradients vanish is seen at a glance. Rank 0 writes; turn it off with ``callbacks.histograms=null``.
+
+    Lightning drops the gradients (``set_to_none``) right after each optimizer step, so by validation
+    they are gone: each step, this keeps a reference to that step's gradient tensors (no copy; the
+    next backward makes new ones), and the histograms show those of the last step, as clipped and
+    used by the optimizer.
+    """
+
+    def __init__(self) -> None:
+        self._grads: dict[str, Tensor] = {}
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if trainer.is_global_zero:
+            self._grads = {n: p.grad for n, p in pl_module.named_parameters() if p.grad is not None}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if trainer.sanity_checking or not trainer.is_global_zero or not writers:
+            return
+        step = trainer.global_step
+        for name, param in pl_module.named_parameters():
+            values = {"weights": param.detach(), "grads": self._grads.get(name)}
+            for kind, tensor in values.items():
+                if tensor is None:
+                    continue
+                data = tensor.detach().float().cpu().numpy()  # one copy per tensor, once per validation
+                for writer in writers:
+                    writer.add_histogram(f"{kind}/{name}", data, global_step=step)
+
+
 def _markdown_quote(text: str) -> str:
     # Markdown would fold single newlines and read * and _ as emphasis: quote and escape every line.
     escaped = text.replace("\\", "\\\\").replace("*", "\\*").replace("_", "\\_")

@@ -64,7 +64,9 @@ def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path,
     run_dir = only(list((tmp_path / "logs" / "debug").iterdir()))
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0}
+    )
     events.Reload()
     tags = events.Tags()
     assert set(tags["scalars"]) >= SCALAR_TAGS, SCALAR_TAGS - set(tags["scalars"])
@@ -73,6 +75,12 @@ def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path,
     assert len(events.Scalars("train/loss")) == 4  # debug=fast: 4 steps, logged every step
     assert len(events.Scalars("val/loss")) == 2  # validated at steps 2 and 4
     assert "samples/text_summary" in tags["tensors"]
+    # Histograms of every weight and gradient, at each validation (steps 2 and 4).
+    weight_tag = "weights/model.layers.0.attn.q_proj.weight"
+    assert {weight_tag, "grads/model.layers.0.attn.q_proj.weight", "weights/model.lm_head.weight"} <= set(
+        tags["histograms"]
+    ), sorted(tags["histograms"])[:5]
+    assert [event.step for event in events.Histograms(weight_tag)] == [2, 4]
     sample = events.Tensors("samples/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "Once upon a time" in sample
     hparams = events.PluginTagToContent("hparams")
