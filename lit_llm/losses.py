@@ -15,16 +15,22 @@ from torch import Tensor
 _BLOCK_ELEMENTS = 2**21
 
 
+def _log_sum_exp(logits: Tensor) -> Tensor:
+    """(N, V) -> (N, 1): log sum exp of each row, a block of rows at a time."""
+    rows = max(1, _BLOCK_ELEMENTS // max(1, logits.shape[-1]))
+    lse = torch.empty(logits.shape[0], 1, dtype=logits.dtype, device=logits.device)
+    for i in range(0, logits.shape[0], rows):
+        block = logits[i : i + rows]
+        row_max = block.amax(dim=-1, keepdim=True)  # exp() of (x - max) <= 1 cannot overflow
+        lse[i : i + rows] = row_max + (block - row_max).exp_().sum(dim=-1, keepdim=True).log_()
+    return lse
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
         # logits (N, V) float32, targets (N,) int64 -> scalar mean loss
-        rows = max(1, _BLOCK_ELEMENTS // max(1, logits.shape[-1]))
-        lse = torch.empty(logits.shape[0], 1, dtype=logits.dtype, device=logits.device)  # log-sum-exp
-        for i in range(0, logits.shape[0], rows):
-            block = logits[i : i + rows]
-            row_max = block.amax(dim=-1, keepdim=True)  # exp() of (x - max) <= 1 cannot overflow
-            lse[i : i + rows] = row_max + (block - row_max).exp_().sum(dim=-1, keepdim=True).log_()
+        lse = _log_sum_exp(logits)  # (N, 1)
         target_logits = logits.gather(-1, targets.unsqueeze(-1))  # (N, 1)
         ctx.save_for_backward(logits, targets, lse)
         return (lse - target_logits).mean()
@@ -48,13 +54,27 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     itself when already float32 or float64), stable for logits of any magnitude. Returns a scalar of that
     dtype.
     """
+    flat_logits, flat_targets = _flatten(logits, targets, "cross_entropy")
+    return _CrossEntropy.apply(flat_logits, flat_targets)
+
+
+def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """The loss of each token, not their mean: logits (..., vocab), targets (...) -> (...) float32
+    (or float64). For evaluation (no backward of its own): validation's per-position loss."""
+    flat_logits, flat_targets = _flatten(logits, targets, "token_cross_entropy")
+    losses = _log_sum_exp(flat_logits) - flat_logits.gather(-1, flat_targets.unsqueeze(-1))  # (N, 1)
+    return losses.reshape(targets.shape)
+
+
+def _flatten(logits: Tensor, targets: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """Checked (N, V) float32-or-wider logits and (N,) int64 targets."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(
-            f"cross_entropy: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must share "
+            f"{name}: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must share "
             "their leading dims (logits has one extra, the vocabulary)"
         )
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise ValueError(f"cross_entropy: targets must be integer class ids, got dtype {targets.dtype}")
+        raise ValueError(f"{name}: targets must be integer class ids, got dtype {targets.dtype}")
     flat_logits = logits.reshape(-1, logits.shape[-1])  # (N, V)
     flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))
-    return _CrossEntropy.apply(flat_logits, targets.reshape(-1).long())
+    return flat_logits, targets.reshape(-1).long()

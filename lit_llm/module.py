@@ -23,7 +23,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 
 from lit_llm.config_schema import OptimizerConfig, SchedulerConfig
-from lit_llm.losses import cross_entropy
+from lit_llm.losses import cross_entropy, token_cross_entropy
 from lit_llm.model import ModelConfig, TransformerLM
 from lit_llm.model.layers import Embedding
 from lit_llm.optim import AdamW, clip_grad_norm, warmup_cosine
@@ -99,6 +99,8 @@ class LanguageModelModule(pl.LightningModule):
         self._train_loss_count = 0
         self._val_loss_sum: Tensor | None = None
         self._val_token_count: Tensor | None = None
+        self._val_position_sum: Tensor | None = None
+        self.val_loss_by_position: Tensor | None = None  # (seq,) after each validation
 
     def forward(self, token_ids: Tensor) -> Tensor:
         """(batch, seq) int64 -> logits (batch, seq, vocab)."""
@@ -182,13 +184,19 @@ class LanguageModelModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_loss_sum = torch.zeros((), device=self.device)
         self._val_token_count = torch.zeros((), device=self.device)
+        self._val_position_sum: Tensor | None = None  # (seq,) summed over windows
+        self._val_window_count = torch.zeros((), device=self.device)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        loss = cross_entropy(self(x), y)
-        # Token-weighted, so a short last batch counts for what it holds.
-        self._val_loss_sum += loss.detach().float() * y.numel()
+        x, y = batch  # (windows, seq) each
+        losses = token_cross_entropy(self(x), y).float()  # (windows, seq)
+        # Token-weighted, so a short last batch counts for what it holds; and by position in the window.
+        self._val_loss_sum += losses.sum()
         self._val_token_count += y.numel()
+        self._val_position_sum = (
+            losses.sum(0) if self._val_position_sum is None else self._val_position_sum + losses.sum(0)
+        )
+        self._val_window_count += y.shape[0]
 
     def on_validation_epoch_end(self) -> None:
         # A sum over ranks is right whether the ranks share the windows or split them.
@@ -196,11 +204,28 @@ class LanguageModelModule(pl.LightningModule):
         count = self.trainer.strategy.reduce(self._val_token_count, reduce_op="sum")
         val_loss = total / count.clamp(min=1)
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=True)
+        self._log_loss_by_position()
         self.log("val/ppl", torch.exp(val_loss), sync_dist=True)
         bytes_per_token = getattr(self.trainer.datamodule, "val_bytes_per_token", None)
         if bytes_per_token:
             # nats/token -> bits/token -> bits/byte: comparable across tokenizers.
             self.log("val/bpb", val_loss / LN2 / float(bytes_per_token), prog_bar=True, sync_dist=True)
+
+    def _log_loss_by_position(self) -> None:
+        """How much context helps: the mean validation loss at each position of the window (position
+        p predicts token p + 1 from p + 1 tokens). Kept whole in ``val_loss_by_position``; logged at
+        positions 0, 1, 3, 7, ... and the last, as ``val/loss_by_position/<p+1 tokens of context>``
+        (zero-padded, so TensorBoard lists them in order). The curve averages to ``val/loss``."""
+        if self._val_position_sum is None:
+            return
+        sums = self.trainer.strategy.reduce(self._val_position_sum, reduce_op="sum")
+        windows = self.trainer.strategy.reduce(self._val_window_count, reduce_op="sum")
+        self.val_loss_by_position = (sums / windows.clamp(min=1)).detach()  # (seq,)
+        seq = self.val_loss_by_position.shape[0]
+        width = len(str(seq))
+        for p in sorted({*(2**k - 1 for k in range(seq.bit_length()) if 2**k - 1 < seq), seq - 1}):
+            self.log(f"val/loss_by_position/{p + 1:0{width}d}", self.val_loss_by_position[p])
+        self._val_position_sum = None
 
     # -- checkpoints ------------------------------------------------------------------------------
 

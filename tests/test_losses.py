@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import lit_llm.losses as losses_mod
-from lit_llm.losses import cross_entropy
+from lit_llm.losses import cross_entropy, token_cross_entropy
 
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
@@ -67,3 +67,13 @@ def test_bad_shapes_and_dtypes_are_reported():
         cross_entropy(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="integer class ids"):
         cross_entropy(torch.randn(2, 5), torch.zeros(2))
+
+
+def test_token_losses_match_f_cross_entropy_without_reduction():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(3, 5, 11) * 4, torch.randint(0, 11, (3, 5))
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(3, 5)
+    torch.testing.assert_close(token_cross_entropy(logits, targets), expected)
+    torch.testing.assert_close(token_cross_entropy(logits, targets).mean(), cross_entropy(logits, targets))
+    with pytest.raises(ValueError, match="token_cross_entropy: logits"):
+        token_cross_entropy(logits, targets[:, :4])

@@ -187,6 +187,17 @@ def test_validation_metrics_equal_an_independent_computation() -> None:
     assert metrics["val/loss"] == pytest.approx(expected, rel=1e-5)
     assert metrics["val/ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
     assert metrics["val/bpb"] == pytest.approx(expected / math.log(2) / data.val_bytes_per_token, rel=1e-5)
+    # Loss by position in the window: an independent per-token computation averaged over windows,
+    # and (every window is whole) its mean over positions is val/loss.
+    per_token = F.cross_entropy(logits.flatten(0, 1), data.val_y.flatten(), reduction="none")
+    by_position = per_token.view(data.val_y.shape).mean(0)  # (CONTEXT,)
+    torch.testing.assert_close(module.val_loss_by_position, by_position, rtol=1e-5, atol=1e-6)
+    assert module.val_loss_by_position.mean().item() == pytest.approx(metrics["val/loss"], rel=1e-5)
+    last = f"val/loss_by_position/{CONTEXT:0{len(str(CONTEXT))}d}"
+    assert metrics[last] == pytest.approx(by_position[-1].item(), rel=1e-5)
+    assert metrics[f"val/loss_by_position/{1:0{len(str(CONTEXT))}d}"] == pytest.approx(
+        by_position[0].item(), rel=1e-5
+    )
 
 
 def test_parameter_groups_exempt_norms_and_embeddings() -> None:

@@ -70,6 +70,7 @@ def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path,
     events.Reload()
     tags = events.Tags()
     assert set(tags["scalars"]) >= SCALAR_TAGS, SCALAR_TAGS - set(tags["scalars"])
+    assert any(tag.startswith("val/loss_by_position/") for tag in tags["scalars"])
     # One tag per quantity, nothing constant: no `epoch` (always 0), no second learning-rate tag.
     assert not [tag for tag in tags["scalars"] if tag == "epoch" or tag.startswith("lr-")]
     assert len(events.Scalars("train/loss")) == 4  # debug=fast: 4 steps, logged every step
