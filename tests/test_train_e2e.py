@@ -84,6 +84,15 @@ def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path,
     assert [event.step for event in events.Histograms(weight_tag)] == [2, 4]
     sample = events.Tensors("samples/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "Once upon a time" in sample
+    # The CUSTOM SCALARS page: the layout written at the start, every chart naming logged tags.
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    (tag,) = events.PluginTagToContent("custom_scalars")
+    (written,) = events.Tensors(tag)  # once per run
+    layout = layout_pb2.Layout.FromString(written.tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for cat in layout.category for chart in cat.chart}
+    assert charts["loss (train and validation)"] == ["train/loss", "val/loss"]
+    assert all(tag in tags["scalars"] or tag.endswith(".*") for chart in charts.values() for tag in chart)
     hparams = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
     assert {"hp/val_loss", "hp/val_bpb"} <= set(tags["scalars"])
