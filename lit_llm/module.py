@@ -99,7 +99,6 @@ class LanguageModelModule(pl.LightningModule):
         self._train_loss_count = 0
         self._val_loss_sum: Tensor | None = None
         self._val_token_count: Tensor | None = None
-        self._val_position_sum: Tensor | None = None
         self.val_loss_by_position: Tensor | None = None  # (seq,) after each validation
 
     def forward(self, token_ids: Tensor) -> Tensor:
@@ -184,8 +183,9 @@ class LanguageModelModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_loss_sum = torch.zeros((), device=self.device)
         self._val_token_count = torch.zeros((), device=self.device)
-        self._val_position_sum: Tensor | None = None  # (seq,) summed over windows
-        self._val_window_count = torch.zeros((), device=self.device)
+        # (context,) each: losses summed over windows at each position, and how many windows reached it
+        self._val_position_sum = torch.zeros(self.config.context_length, device=self.device)
+        self._val_position_count = torch.zeros(self.config.context_length, device=self.device)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # (windows, seq) each
@@ -193,10 +193,8 @@ class LanguageModelModule(pl.LightningModule):
         # Token-weighted, so a short last batch counts for what it holds; and by position in the window.
         self._val_loss_sum += losses.sum()
         self._val_token_count += y.numel()
-        self._val_position_sum = (
-            losses.sum(0) if self._val_position_sum is None else self._val_position_sum + losses.sum(0)
-        )
-        self._val_window_count += y.shape[0]
+        self._val_position_sum[: y.shape[1]] += losses.sum(0)
+        self._val_position_count[: y.shape[1]] += y.shape[0]
 
     def on_validation_epoch_end(self) -> None:
         # A sum over ranks is right whether the ranks share the windows or split them.
@@ -216,16 +214,16 @@ class LanguageModelModule(pl.LightningModule):
         p predicts token p + 1 from p + 1 tokens). Kept whole in ``val_loss_by_position``; logged at
         positions 0, 1, 3, 7, ... and the last, as ``val/loss_by_position/<p+1 tokens of context>``
         (zero-padded, so TensorBoard lists them in order). The curve averages to ``val/loss``."""
-        if self._val_position_sum is None:
-            return
+        # Reduced on every rank first (a collective), then the same decision everywhere.
         sums = self.trainer.strategy.reduce(self._val_position_sum, reduce_op="sum")
-        windows = self.trainer.strategy.reduce(self._val_window_count, reduce_op="sum")
-        self.val_loss_by_position = (sums / windows.clamp(min=1)).detach()  # (seq,)
-        seq = self.val_loss_by_position.shape[0]
-        width = len(str(seq))
+        windows = self.trainer.strategy.reduce(self._val_position_count, reduce_op="sum")
+        seq = int((windows > 0).sum().item())  # positions some window reached (all, in practice)
+        if seq == 0:
+            return
+        self.val_loss_by_position = (sums[:seq] / windows[:seq]).detach()  # (seq,)
+        width = len(str(self.config.context_length))
         for p in sorted({*(2**k - 1 for k in range(seq.bit_length()) if 2**k - 1 < seq), seq - 1}):
             self.log(f"val/loss_by_position/{p + 1:0{width}d}", self.val_loss_by_position[p])
-        self._val_position_sum = None
 
     # -- checkpoints ------------------------------------------------------------------------------
 
