@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, RichModelSummary, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.model_summary import get_human_readable_count
+from lightning.pytorch.utilities.model_summary import ModelSummary as LightningModelSummary
 from torch import Tensor
 
 # Dense (no sparsity) peak FLOP/s per device from the vendors' datasheets, by compute precision.
@@ -364,6 +364,25 @@ class LogStepProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, description=name)
 
 
+class _AnalyticFlopsSummary(LightningModelSummary):
+    """Lightning's model summary with its FLOPs taken from ``lit_llm.flops`` (training FLOPs per token
+    of each listed module, and of the whole model) instead of its ``FlopCounterMode``."""
+
+    def _flops(self, module: torch.nn.Module) -> int:
+        from lit_llm.flops import module_flops_per_token
+
+        return int(module_flops_per_token(module, self._model.config.context_length))
+
+    @property
+    def total_flops(self) -> int:
+        return self._flops(self._model)
+
+    @property
+    def flop_counts(self) -> dict[str, dict[Any, int]]:
+        modules = dict(self._model.named_modules())
+        return {name: {"training per token": self._flops(modules[name])} for name in self.layer_names}
+
+
 class ModelSummary(RichModelSummary):
     """Lightning's model table with a FLOPs column that is true: each row's training (forward +
     backward) FLOPs per token by ``lit_llm.flops`` (the count MFU uses), and their total.
@@ -373,31 +392,14 @@ class ModelSummary(RichModelSummary):
     zeros and ``Total FLOPs: 0``.
     """
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lit_llm.flops import module_flops_per_token
+    def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> LightningModelSummary:
+        return _AnalyticFlopsSummary(pl_module, max_depth=self._max_depth)
 
-        if not self._max_depth:
-            return
-        seq_len = pl_module.config.context_length
-        summary = self._summary(trainer, pl_module)
-        modules = dict(pl_module.named_modules())
-        data = summary._get_summary_data()
-        names = dict(data)["Name"]
-        flops = [
-            get_human_readable_count(int(module_flops_per_token(modules[name], seq_len))) for name in names
-        ]
-        data = [(column, flops if column == "FLOPs" else values) for column, values in data]
-        if trainer.is_global_zero:
-            self.summarize(
-                data,
-                summary.total_parameters,
-                summary.trainable_parameters,
-                summary.model_size,
-                summary.total_training_modes,
-                total_flops=int(module_flops_per_token(pl_module, seq_len)),
-                **self._summarize_kwargs,
-            )
-            rank_zero_info(f"FLOPs: training (forward + backward) FLOPs per token at context {seq_len}")
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self._max_depth:
+            context = pl_module.config.context_length
+            rank_zero_info(f"FLOPs: training (forward + backward) FLOPs per token at context {context}")
 
 
 class RunClock(Callback):

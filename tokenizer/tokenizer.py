@@ -70,8 +70,7 @@ class _PieceCache(dict):
     def __init__(self, bpe, max_entries: int) -> None:
         super().__init__()
         self.bpe = bpe
-        self.max_entries = max_entries
-        self.generation = max(1, max_entries // 2)
+        self.generation = max(1, max_entries // 2)  # entries per generation; two at most
         self.previous: dict[str, tuple[int, ...]] = {}
         self.misses: list[str] | None = None
 
