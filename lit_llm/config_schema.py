@@ -351,3 +351,50 @@ def register() -> None:
 
 
 register()
+
+
+@dataclass
+class TuneConfig(_Checked):
+    """The ``tune`` group of ``python -m lit_llm.tune`` (configs/tune.yaml): its learning-rate range test
+    (``mode=lr``) and micro-batch search (``mode=batch_size``). Not a group of the training config, so it
+    is not in ``GROUPS``; lit_llm.tune validates it beside the training groups."""
+
+    steps: int = 200
+    """mode=lr: optimizer steps of the sweep from min_lr to max_lr (fewer if the loss diverges first)."""
+    min_lr: float = 1.0e-5
+    """mode=lr: learning rate of the first step."""
+    max_lr: float = 1.0e-1
+    """mode=lr: learning rate of the last step; the rate grows by a constant factor per step."""
+    smoothing: float = 0.98
+    """mode=lr: beta of the exponential moving average of the loss (bias-corrected); 0: no smoothing."""
+    divergence: float = 4.0
+    """mode=lr: stop once the smoothed loss exceeds this many times the best smoothed loss so far."""
+    max_batch_size: int = 1024
+    """mode=batch_size: largest micro-batch tried. The only bound on a CPU, whose RAM rarely raises an
+    out-of-memory error (the system swaps or kills the process instead)."""
+    steps_per_trial: int = 2
+    """mode=batch_size: optimizer steps per batch size tried (the first allocates AdamW's moments)."""
+
+    def _range_problems(self) -> list[tuple[str, str]]:
+        lrs_ok = _positive(self.min_lr) and _positive(self.max_lr) and self.min_lr < self.max_lr
+        return [
+            *self._check("steps", _int_at_least(self.steps, 2), "an integer >= 2"),
+            *self._check("min_lr", _positive(self.min_lr), "a positive number"),
+            *self._check("max_lr", lrs_ok, f"a number > min_lr={self.min_lr!r}"),
+            *self._check(
+                "smoothing", _at_least(self.smoothing, 0) and self.smoothing < 1, "a number in [0, 1)"
+            ),
+            *self._check("divergence", _number(self.divergence) and self.divergence > 1, "a number > 1"),
+            *self._check("max_batch_size", _int_at_least(self.max_batch_size, 1), "a positive integer"),
+            *self._check("steps_per_trial", _int_at_least(self.steps_per_trial, 1), "a positive integer"),
+        ]
+
+
+def _register_tune() -> None:
+    """``schema/tune`` in Hydra's ConfigStore (configs/tune.yaml starts its ``tune`` group from it)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="schema", name="tune", node=defaults(TuneConfig))
+
+
+_register_tune()

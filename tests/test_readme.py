@@ -23,7 +23,10 @@ def code_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
-def test_every_python_module_named_exists() -> None:
+def test_every_python_module_named_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's commands run from the repository root, where `benchmarks` is importable (it is not
+    # installed): look modules up from there, whatever the tests run before this one put on sys.path.
+    monkeypatch.syspath_prepend(str(REPO))
     modules = set(re.findall(r"python -m ([\w.]+)", README)) - {"pytest"}
     assert {"lit_llm.train", "tokenizer", "lit_llm.generate"} <= modules
     missing = [m for m in sorted(modules) if importlib.util.find_spec(m) is None]
