@@ -428,22 +428,66 @@ class RunClock(Callback):
         )
 
 
+def command_line_overrides() -> dict[str, str | float]:
+    """The run's Hydra overrides (the command line, and in a multirun the values of this job) as
+    ``{"override/optimizer.lr": 0.001, "override/experiment": "shakespeare", ...}``, numbers as numbers
+    (TensorBoard sorts and plots those as such); empty outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    out = {}
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.partition("=")
+        out["override/" + key.lstrip("+~")] = _number_or_text(value)
+    return out
+
+
+def _number_or_text(value: str) -> str | float:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return number if math.isfinite(number) else value
+
+
 class FinalMetricsHparams(Callback):
-    """At the end of training, record the hyperparameters next to the final validation metrics
-    (``hp/val_loss``, ``hp/val_ppl``, ``hp/val_bpb``) so TensorBoard's HPARAMS tab compares runs."""
+    """At the end of training, record the hyperparameters next to the validation metrics, final
+    (``hp/val_loss``, ``hp/val_ppl``, ``hp/val_bpb``) and best of the run (``hp/best_val_loss``,
+    ``hp/best_val_bpb``), so TensorBoard's HPARAMS tab compares the runs of a sweep at a glance. The
+    hyperparameters include the command-line overrides of the run (``override/<key>``): in a
+    ``-m`` sweep, the columns that differ between its jobs."""
+
+    BEST = ("val/loss", "val/bpb")
+
+    def __init__(self) -> None:
+        self.best: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for name in self.BEST:
+            value = trainer.callback_metrics.get(name)
+            if value is None:
+                continue
+            value = float(value)  # once per validation
+            if math.isfinite(value) and value < self.best.get(name, math.inf):
+                self.best[name] = value
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {
             "hp/" + name.replace("/", "_"): float(value)
             for name, value in trainer.callback_metrics.items()
-            if name.startswith("val/") and math.isfinite(float(value))
+            if name.startswith("val/") and "/loss_by_position/" not in name and math.isfinite(float(value))
         }
         if not metrics:
             return
+        metrics.update({"hp/best_" + name.replace("/", "_"): value for name, value in self.best.items()})
         params = dict(pl_module.hparams)
         params.update(getattr(trainer.datamodule, "hparams", {}) or {})
         params["max_steps"] = trainer.max_steps
         params["world_size"] = trainer.world_size
+        params.update(command_line_overrides())
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(params, metrics=metrics, step=trainer.global_step)

@@ -100,6 +100,9 @@ class LanguageModelModule(pl.LightningModule):
         self._val_loss_sum: Tensor | None = None
         self._val_token_count: Tensor | None = None
         self.val_loss_by_position: Tensor | None = None  # (seq,) after each validation
+        # Optimizer steps whose gradient norm exceeded the clipping bound, counted on the device (read by
+        # lit_llm.health.NetworkHealth as the fraction of steps clipped between its logs).
+        self.clipped_steps: Tensor | None = None
 
     def forward(self, token_ids: Tensor) -> Tensor:
         """(batch, seq) int64 -> logits (batch, seq, vocab)."""
@@ -159,6 +162,8 @@ class LanguageModelModule(pl.LightningModule):
         else:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             norm = clip_grad_norm(params, max_norm)
+        clipped = norm > max_norm  # a 0-d bool tensor: counted without reading it
+        self.clipped_steps = clipped.long() if self.clipped_steps is None else self.clipped_steps + clipped
         if self._writes_logs():
             self.log("grad_norm", norm)
 

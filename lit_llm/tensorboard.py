@@ -5,7 +5,8 @@ that opens organised.
   of random windows, so the epoch is always 0, and TensorBoard opened its Scalars tab on that flat line.
 * ``LAYOUT`` is written once per run for TensorBoard's CUSTOM SCALARS tab: the curves that belong
   together on one page (train and validation loss in one chart, the rate next to the gradient norm,
-  throughput next to MFU, the loss by position in the window).
+  throughput next to MFU, the loss by position in the window), and a second page of network health
+  (lit_llm/health.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,22 @@ LAYOUT = {
         "throughput (tokens/s)": ["Multiline", ["throughput/tokens_per_sec"]],
         "model FLOPs utilisation": ["Multiline", ["throughput/mfu"]],
         "validation loss by position (tokens of context)": ["Multiline", [r"val/loss_by_position/.*"]],
-    }
+    },
+    # lit_llm/health.py: what each means and how to read it.
+    "network health": {
+        "update / weight ratio, log10 (rule of thumb: about -3)": [
+            "Multiline",
+            [r"health/update_ratio_log10/.*"],
+        ],
+        "gradient norm per weight matrix (before clipping)": ["Multiline", [r"health/grad_norm/.*"]],
+        "residual stream RMS after each block": ["Multiline", [r"health/residual_rms/.*"]],
+        "attention entropy per layer (nats; mean and lowest head)": [
+            "Multiline",
+            [r"health/attn_entropy/.*"],
+        ],
+        "largest |logit|": ["Multiline", ["health/max_logit"]],
+        "fraction of steps clipped": ["Multiline", ["health/clip_fraction"]],
+    },
 }
 
 

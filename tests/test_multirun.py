@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lit_llm import plot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +53,24 @@ def test_multirun_runs_every_job_in_its_own_folder_and_plot_reads_them(tmp_path:
         assert max(value for _, _, value in run.scalars["lr"]) <= lr * (1 + 1e-6)
     final_losses = [run.scalars["train/loss"][-1][2] for run in runs]
     assert final_losses[0] != final_losses[1]  # two different trainings, not one run twice
+
+    # The HParams tab: each job records its own override and its final and best validation metrics.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    table = {}
+    for job, files in zip(jobs, event_files, strict=True):
+        events = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "tensors": 0})
+        events.Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        scalars = set(events.Tags()["scalars"])
+        assert {"hp/val_loss", "hp/val_bpb", "hp/best_val_loss", "hp/best_val_bpb"} <= scalars, scalars
+        best = events.Scalars("hp/best_val_loss")[-1].value
+        assert best == pytest.approx(min(e.value for e in events.Scalars("val/loss")), rel=1e-6)
+        table[job.name] = hparams["override/optimizer.lr"].number_value
+        assert hparams["override/debug"].string_value == "fast"
+    assert table == {"0": pytest.approx(1e-3), "1": pytest.approx(3e-2)}
 
     out = tmp_path / "sweep.png"
     result = run_module("lit_llm.plot", *map(str, jobs), "--out", str(out), cwd=tmp_path)

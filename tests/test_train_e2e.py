@@ -55,7 +55,12 @@ def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = run_train(
-        tmp_path, "experiment=quickstart", "debug=fast", "logger=tensorboard", *session_data_paths
+        tmp_path,
+        "experiment=quickstart",
+        "debug=fast",
+        "logger=tensorboard",
+        "callbacks.health.every_n_steps=2",
+        *session_data_paths,
     )
     output = result.stdout + result.stderr
     # The terminal: a real FLOPs total, and neither torch's LeafSpec deprecation nor Lightning's advert.
@@ -65,12 +70,28 @@ def test_quickstart_end_to_end_writes_every_tag_and_a_checkpoint(tmp_path: Path,
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
     events = EventAccumulator(
-        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0}
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0, "images": 0}
     )
     events.Reload()
     tags = events.Tags()
     assert set(tags["scalars"]) >= SCALAR_TAGS, SCALAR_TAGS - set(tags["scalars"])
     assert any(tag.startswith("val/loss_by_position/") for tag in tags["scalars"])
+    # Network health (every 2 steps here: steps 0 and 2) and one attention image per layer per validation.
+    health = {
+        "health/grad_norm/layers.0.attn.q_proj",
+        "health/update_ratio_log10/layers.0.ffn.w2",
+        "health/residual_rms/layers.0",
+        "health/attn_entropy/layers.0/mean",
+        "health/attn_entropy/layers.0/min",
+        "health/max_logit",
+        "health/clip_fraction",
+    }
+    assert health <= set(tags["scalars"]), health - set(tags["scalars"])
+    assert [event.step for event in events.Scalars("health/max_logit")] == [0, 2]
+    assert tags["images"] == ["attention/layers.0"]  # debug=fast: one layer
+    assert [image.step for image in events.Images("attention/layers.0")] == [2, 4]
+    png = events.Images("attention/layers.0")[-1].encoded_image_string
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # One tag per quantity, nothing constant: no `epoch` (always 0), no second learning-rate tag.
     assert not [tag for tag in tags["scalars"] if tag == "epoch" or tag.startswith("lr-")]
     assert len(events.Scalars("train/loss")) == 4  # debug=fast: 4 steps, logged every step

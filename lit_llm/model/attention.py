@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_llm.model.layers import Linear, RotaryEmbedding
+from lit_llm.model.layers import Linear, RotaryEmbedding, softmax
 
 # Scores are materialised this many (query, key) entries at a time (8 MB in float32): a block stays in
 # cache, and the allocator recycles it, where one (batch, heads, seq, seq) tensor would be fresh pages
@@ -216,18 +216,42 @@ class MultiHeadSelfAttention(nn.Module):
         """
         if kv_cache is not None:
             return self._forward_cached(x, token_positions, kv_cache)
-        q = self._split_heads(self.q_proj(x))  # (..., heads, seq, head_dim)
-        k = self._split_heads(self.k_proj(x))
+        q, k = self._queries_keys(x, token_positions)  # (..., heads, seq, head_dim) each
         v = self._split_heads(self.v_proj(x))
-        if self.rope is not None:
-            pos = None if token_positions is None else token_positions.unsqueeze(-2)  # (..., 1, seq)
-            q = self.rope(q, pos)
-            k = self.rope(k, pos)
         if self.attn_impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             out = self._causal_attention(q, k, v)
         return self.output_proj(out.transpose(-3, -2).flatten(-2))  # (..., seq, d_model)
+
+    def _queries_keys(
+        self, x: Tensor, token_positions: Tensor | None, start: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """q and k of ``x`` (..., seq, d_model), split into heads and rotated at their positions
+        (None: start..start+seq-1, a slice of the rotation table, no gather): (..., heads, seq,
+        head_dim) each."""
+        q = self._split_heads(self.q_proj(x))
+        k = self._split_heads(self.k_proj(x))
+        if self.rope is not None:
+            pos = None if token_positions is None else token_positions.unsqueeze(-2)  # (..., 1, seq)
+            q = self.rope(q, pos, start)
+            k = self.rope(k, pos, start)
+        return q, k
+
+    @torch.no_grad()
+    def attention_probabilities(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+        """The attention weights this layer gives ``x`` (..., seq, d_model): softmax(q k^T / sqrt(d))
+        under the causal mask, (..., heads, seq, seq), rows = query positions, each row summing to 1
+        over the keys it may see and 0 beyond them.
+
+        For looking inside the model (attention entropy, attention maps): neither the fused kernel nor
+        our blocked training path keeps the whole matrix, so it is made here, in float32, with the same
+        projections, rotation and mask as ``forward``."""
+        q, k = self._queries_keys(x, token_positions)
+        seq = q.shape[-2]
+        scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        scores = scores.masked_fill(~self._mask(seq), float("-inf"))  # (..., heads, seq, seq)
+        return softmax(scores, dim=-1)
 
     def _forward_cached(self, x: Tensor, token_positions: Tensor | None, kv_cache: KVCache) -> Tensor:
         start, seq = kv_cache.length, x.shape[-2]
@@ -236,14 +260,8 @@ class MultiHeadSelfAttention(nn.Module):
                 f"batch of {x.shape[0]} but the KV cache holds {kv_cache.batch_size} sequences "
                 "(only the first chunk, before anything is cached, may be a shared batch of 1)"
             )
-        q = self._split_heads(self.q_proj(x))  # (batch, heads, seq, head_dim)
-        k = self._split_heads(self.k_proj(x))
+        q, k = self._queries_keys(x, token_positions, start)  # (batch, heads, seq, head_dim) each
         v = self._split_heads(self.v_proj(x))
-        if self.rope is not None:
-            # None: positions start..start+seq-1, a slice of the rotation table (no gather)
-            pos = None if token_positions is None else token_positions.unsqueeze(-2)  # (..., 1, seq)
-            q = self.rope(q, pos, start)
-            k = self.rope(k, pos, start)
         keys, values = kv_cache.append(k, v)  # (batch, heads, start + seq, head_dim)
         if start == 0:
             # Nothing cached before: plain causal attention over this chunk (keeps a shared batch of 1).

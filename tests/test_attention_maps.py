@@ -1,0 +1,73 @@
+"""Attention-map images (lit_llm/attention_maps.py): one decodable PNG per layer at each validation, of
+the size drawn, made from the same weights the trace returns."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from test_module import MODEL, TinyData, make_module, make_trainer
+from tiny_lm import one_thread  # noqa: F401  (an autouse fixture)
+
+from lit_llm.attention_maps import AttentionMaps, draw_layer, token_labels
+
+
+def test_one_image_per_layer_at_each_validation(tmp_path: Path) -> None:
+    import matplotlib.image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    maps = AttentionMaps(prompt="the cat sat on the mat", max_tokens=10)
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    trainer = make_trainer(
+        max_steps=2,
+        val_check_interval=1,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        logger=logger,
+        callbacks=[maps],
+    )
+    trainer.fit(make_module(), datamodule=TinyData())
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    tags = [f"attention/layers.{i}" for i in range(MODEL["num_layers"])]
+    assert sorted(events.Tags()["images"]) == tags
+    assert len(maps.last_images) == MODEL["num_layers"]
+    for tag, drawn in zip(tags, maps.last_images, strict=True):
+        images = events.Images(tag)
+        assert [image.step for image in images] == [1, 2]
+        decoded = matplotlib.image.imread(io.BytesIO(images[-1].encoded_image_string), format="png")
+        assert decoded.shape[:2] == drawn.shape[:2] == (images[-1].height, images[-1].width)
+        assert drawn.std() > 0  # not a blank canvas
+
+
+def test_drawing_puts_every_head_in_the_image_and_labels_fit() -> None:
+    seq = 6
+    weights = torch.softmax(
+        torch.randn(4, seq, seq).masked_fill(~torch.ones(seq, seq).tril().bool(), -1e9), -1
+    )
+    labelled = draw_layer(weights.numpy(), [f"t{i}" for i in range(seq)], "layer 0")
+    plain = draw_layer(weights.numpy(), None, "layer 0")
+    assert labelled.dtype == plain.dtype == np.uint8 and labelled.shape[2] == 3
+    assert labelled.shape[1] > labelled.shape[0]  # four heads side by side: wider than tall
+    sixteen = draw_layer(torch.cat([weights] * 4).numpy(), None, "layer 0")
+    assert sixteen.shape[0] > plain.shape[0]  # two rows of eight
+
+
+def test_token_labels_are_short_and_printable() -> None:
+    class Tok:
+        def decode(self, ids: list[int]) -> str:
+            return {0: " hello", 1: "\n", 2: "averyverylongtoken", 3: ""}[ids[0]]
+
+    assert token_labels(Tok(), [0, 1, 2, 3]) == ["␣hello", "\\n", "averyver", "·"]
+
+
+def test_bad_settings_are_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="prompt='': expected a non-empty string"):
+        AttentionMaps(prompt="")
+    with pytest.raises(ValueError, match="max_tokens=0: expected a positive integer"):
+        AttentionMaps(prompt="hi", max_tokens=0)
