@@ -264,6 +264,14 @@ def _markdown_quote(text: str) -> str:
     return "\n".join("> " + line for line in escaped.split("\n"))
 
 
+def last_good_checkpoint(trainer: pl.Trainer) -> str:
+    """ "the last good checkpoint is <path>" or "no checkpoint had been written yet": for the messages of
+    the guards that stop a run before anything bad is saved."""
+    ckpt = trainer.checkpoint_callback
+    last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt is not None else ""
+    return f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; carries a message naming the last good checkpoint."""
 
@@ -287,7 +295,7 @@ class NonFiniteLossGuard(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # {}: a skipped step
         if loss is None:
             return
         bad = ~torch.isfinite(loss.detach())
@@ -313,9 +321,7 @@ class NonFiniteLossGuard(Callback):
         if not bad:
             self._last_good_step = trainer.global_step
             return
-        ckpt = trainer.checkpoint_callback
-        last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt is not None else ""
-        keep = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        keep = last_good_checkpoint(trainer)
         raise NonFiniteLossError(
             f"non-finite training loss (NaN or inf) between steps {self._last_good_step} and "
             f"{trainer.global_step}; training stopped and {keep}. Try a lower optimizer.lr, a longer "

@@ -103,6 +103,7 @@ class LanguageModelModule(pl.LightningModule):
         # Optimizer steps whose gradient norm exceeded the clipping bound, counted on the device (read by
         # lit_llm.health.NetworkHealth as the fraction of steps clipped between its logs).
         self.clipped_steps: Tensor | None = None
+        self.spike_guard: Any = None  # lit_llm.spike_guard.SpikeGuard, set by that callback when present
 
     def forward(self, token_ids: Tensor) -> Tensor:
         """(batch, seq) int64 -> logits (batch, seq, vocab)."""
@@ -113,6 +114,8 @@ class LanguageModelModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch  # (batch, seq) each; y is x shifted by one token
         loss = cross_entropy(self(x), y)
+        if self.spike_guard is not None and not self.spike_guard.check_loss(self, loss):
+            return None  # a loss spike: Lightning takes None as "no backward, no optimizer step"
         # Averaged over the micro-batches of one optimizer step and logged in on_before_optimizer_step;
         # kept on the device so that logging never forces a sync per step.
         detached = loss.detach()

@@ -7,12 +7,16 @@ optimizer steps, training tokens and wall-clock time (the three ways a run can b
 training loss, the learning rate and the gradient norm against steps. Each run is labelled by what
 sets it apart: the Hydra overrides in ``<run>/.hydra/overrides.yaml`` that not every plotted run shares.
 It also prints a markdown table of the final and best values, ready for experiments/README.md.
+
+``python -m lit_llm.plot --health RUN_DIR --out health.png`` draws one run's ``health/`` tags instead:
+update-to-weight ratios, attention entropies, residual RMS, largest logit and clipping over time.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +191,64 @@ def make_figure(runs: list[Run], metric: str = "val/bpb", title: str | None = No
     return fig
 
 
+def _layer_of(tag: str) -> int | None:
+    """``health/update_ratio_log10/layers.3.attn.q_proj`` -> 3; None outside the blocks (embeddings,
+    lm_head, max_logit)."""
+    match = re.search(r"(?:^|[/.])layers\.(\d+)(?:[/.]|$)", tag)
+    return int(match.group(1)) if match else None
+
+
+def make_health_figure(run: Run, title: str | None = None):
+    """A 2 x 2 matplotlib Figure of one run's ``health/`` tags (lit_llm/health.py) against steps: the
+    update-to-weight ratio of every weight matrix (log10, the 1e-3 rule of thumb marked), attention
+    entropy per layer (mean over heads solid, lowest head dashed), the residual stream's RMS after each
+    block, and the largest logit with the fraction of steps clipped. One colour per layer throughout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = sorted(t for t in run.scalars if t.startswith("health/"))
+    if not tags:
+        raise ValueError(f"{run.path}: no health/ scalars (was callbacks.health on?)")
+    layers = sorted({n for n in map(_layer_of, tags) if n is not None})
+    colour = {n: plt.cm.viridis(i / max(len(layers) - 1, 1)) for i, n in enumerate(layers)}
+
+    def style(tag: str) -> dict[str, Any]:
+        n = _layer_of(tag)
+        return {"color": colour[n] if n is not None else "0.4", "linewidth": 1.0}
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), dpi=90)
+    ratio, entropy, rms, logit = axes.flat
+    for tag in (t for t in tags if t.startswith("health/update_ratio_log10/")):
+        ratio.plot(*_series(run, tag, "step"), alpha=0.8, **style(tag))
+    ratio.axhline(-3, color="C3", linestyle=":", linewidth=1, label="1e-3 (rule of thumb)")
+    ratio.set_title("update / weight ratio (log10), one line per matrix", fontsize=10)
+    for tag in (t for t in tags if t.startswith("health/attn_entropy/")):
+        dashed = {"linestyle": "--"} if tag.endswith("/min") else {}
+        entropy.plot(*_series(run, tag, "step"), **style(tag), **dashed)
+    entropy.set_title("attention entropy (nats): mean over heads ---, lowest head - -", fontsize=10)
+    for tag in (t for t in tags if t.startswith("health/residual_rms/")):
+        rms.plot(*_series(run, tag, "step"), **style(tag))
+    rms.set_title("residual stream RMS after each block", fontsize=10)
+    logit.plot(*_series(run, "health/max_logit", "step"), color="C0", label="largest |logit|")
+    logit.set_title("largest |logit|; fraction of steps clipped (right axis)", fontsize=10)
+    if "health/clip_fraction" in run.scalars:
+        clipped = logit.twinx()
+        clipped.plot(*_series(run, "health/clip_fraction", "step"), color="C1", linewidth=1)
+        clipped.set_ylim(-0.05, 1.05)
+        clipped.set_ylabel("fraction clipped", color="C1")
+    for ax in axes.flat:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=colour[n], label=f"layer {n}") for n in layers]
+    handles.append(plt.Line2D([], [], color="0.4", label="embeddings / lm_head"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=9, frameon=False)
+    fig.suptitle(title or f"network health: {run.label or run.path}", fontsize=12)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.96))
+    return fig
+
+
 def save_png(fig, out: str | os.PathLike) -> Path:
     """Write the figure to ``out`` through a temporary file in the same folder (never half a PNG)."""
     import matplotlib.pyplot as plt
@@ -228,10 +290,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default="val/bpb", help="validation tag to plot (default: val/bpb)")
     parser.add_argument("--title", default=None, help="figure title")
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per run, in order")
+    parser.add_argument(
+        "--health",
+        action="store_true",
+        help="draw one run's network health (update/weight ratios, attention entropy, residual RMS, logits)",
+    )
     args = parser.parse_args(argv)
     if args.out.suffix.lower() != ".png":
         print(f"error: --out {args.out}: expected a .png file name", file=sys.stderr)
         return 2
+    if args.health:
+        if len(args.runs) != 1:
+            print(f"error: --health draws one run; got {len(args.runs)} run folders", file=sys.stderr)
+            return 2
+        try:
+            run = load_run(args.runs[0])
+            out = save_png(make_health_figure(run, args.title), args.out)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
+        return 0
     try:
         runs = [load_run(path) for path in args.runs]
         assign_labels(runs, args.labels)

@@ -123,7 +123,7 @@ def test_debug_fast_shrinks_everything_and_a_logger_can_be_added_back() -> None:
         (["data.context_length=512"], "data.context_length=512: expected <= model.context_length=128"),
         (["data.dataset=null"], "data.dataset=None: expected a string"),
         (["compile=maybe"], "compile='maybe': expected true or false"),
-        (["+model.dropout=0.1"], "model.dropout: unknown key"),
+        (["+model.droput=0.1"], "model.droput: unknown key"),
         (["+optimizer.momentum=0.9"], "optimizer.momentum: unknown key"),
         (["+extra=1"], "extra: unknown top-level key"),
         (["+trainer.callbacks=[]"], "trainer.callbacks: set by the callbacks/logger groups"),

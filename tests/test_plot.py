@@ -174,3 +174,43 @@ def test_bad_input_fails_with_one_line(two_runs: list[Path], tmp_path: Path, cap
     assert plot.main([str(two_runs[0]), "--out", str(tmp_path / "x.pdf")]) == 2
     assert "expected a .png" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def health_run(run_dir: Path, layers: int = 2) -> Path:
+    """A run folder with the health/ tags lit_llm.health.NetworkHealth logs, for ``layers`` blocks."""
+    make_run(run_dir, ["experiment=ablation_base"], lr=1e-3)
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    for step in range(0, 200, 50):
+        for i in range(layers):
+            for matrix in ("attn.q_proj", "ffn.w1"):
+                writer.add_scalar(f"health/update_ratio_log10/layers.{i}.{matrix}", -2 - step / 100, step)
+                writer.add_scalar(f"health/grad_norm/layers.{i}.{matrix}", 0.1, step)
+            writer.add_scalar(f"health/attn_entropy/layers.{i}/mean", 2.0 - i * 0.3, step)
+            writer.add_scalar(f"health/attn_entropy/layers.{i}/min", 1.0 - i * 0.3, step)
+            writer.add_scalar(f"health/residual_rms/layers.{i}", 1.0 + i, step)
+        writer.add_scalar("health/update_ratio_log10/lm_head", -2.5, step)
+        writer.add_scalar("health/max_logit", 5.0 + step / 50, step)
+        writer.add_scalar("health/clip_fraction", 0.5, step)
+    writer.close()
+    return run_dir
+
+
+def test_health_figure_draws_every_health_tag_of_one_run(tmp_path: Path, capsys) -> None:
+    run = plot.load_run(health_run(tmp_path / "run"))
+    fig = plot.make_health_figure(run)
+    ratio, entropy, rms, logit = fig.axes[:4]
+    assert len(ratio.lines) == 2 * 2 + 1 + 1  # 2 matrices x 2 layers, lm_head, the -3 reference line
+    assert len(entropy.lines) == 2 * 2 and len(rms.lines) == 2 and len(logit.lines) == 1
+    assert len(fig.axes) == 5  # the clip fraction on its own right-hand axis
+    out = tmp_path / "health.png"
+    assert plot.main(["--health", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert read_png(out).shape[1] > 500
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_health_needs_one_run_with_health_tags(two_runs: list[Path], tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "h.png")
+    assert plot.main(["--health", *map(str, two_runs), "--out", out]) == 2
+    assert "--health draws one run; got 2 run folders" in capsys.readouterr().err
+    assert plot.main(["--health", str(two_runs[0]), "--out", out]) == 1
+    assert "no health/ scalars (was callbacks.health on?)" in capsys.readouterr().err

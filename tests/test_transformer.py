@@ -58,8 +58,8 @@ def test_config_json_round_trip_and_unknown_keys():
     cfg = ModelConfig(**TINY, norm="post", ffn="silu", tie_embeddings=True)
     again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
-    with pytest.raises(ValueError, match="unknown key.*dropout"):
-        ModelConfig.from_dict({**cfg.to_dict(), "dropout": 0.1})
+    with pytest.raises(ValueError, match="unknown key.*droput"):
+        ModelConfig.from_dict({**cfg.to_dict(), "droput": 0.1})
     with pytest.raises(ValueError, match="missing required key.*vocab_size"):
         ModelConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "vocab_size"})
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_llm.model.layers import Linear, RotaryEmbedding, softmax
+from lit_llm.model.layers import Linear, RotaryEmbedding, dropout, softmax
 
 # Scores are materialised this many (query, key) entries at a time (8 MB in float32): a block stays in
 # cache, and the allocator recycles it, where one (batch, heads, seq, seq) tensor would be fresh pages
@@ -167,10 +167,13 @@ class MultiHeadSelfAttention(nn.Module):
         theta: float | None = None,
         *,
         attn_impl: str = "sdpa",
+        dropout: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout!r}: expected a probability in [0, 1)")
         if d_model % num_heads != 0:
             raise ValueError(f"d_model={d_model} must be a multiple of num_heads={num_heads}")
         if attn_impl not in ("naive", "sdpa"):
@@ -181,6 +184,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
         self.attn_impl = attn_impl
+        self.dropout = float(dropout)  # on the attention weights, in training only
         self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
@@ -218,11 +222,24 @@ class MultiHeadSelfAttention(nn.Module):
             return self._forward_cached(x, token_positions, kv_cache)
         q, k = self._queries_keys(x, token_positions)  # (..., heads, seq, head_dim) each
         v = self._split_heads(self.v_proj(x))
+        p_drop = self.dropout if self.training else 0.0
         if self.attn_impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
+        elif p_drop > 0.0:
+            out = self._dropout_attention(q, k, v, p_drop)
         else:
             out = self._causal_attention(q, k, v)
         return self.output_proj(out.transpose(-3, -2).flatten(-2))  # (..., seq, d_model)
+
+    def _dropout_attention(self, q: Tensor, k: Tensor, v: Tensor, p_drop: float) -> Tensor:
+        """Our attention with dropout on its weights: softmax(q k^T / sqrt(d)) under the causal mask,
+        then ``dropout``, then times v. Composed from our softmax Function and autograd rather than
+        ``_Attention``, whose hand-written backward assumes the undropped weights; used only while
+        training with ``dropout`` > 0. q, k, v: (..., heads, seq, head_dim) -> (..., heads, seq, head_dim)."""
+        seq = q.shape[-2]
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        scores = scores.masked_fill(~self._mask(seq), float("-inf"))  # (..., heads, seq, seq)
+        return torch.matmul(dropout(softmax(scores, dim=-1), p_drop), v)
 
     def _queries_keys(
         self, x: Tensor, token_positions: Tensor | None, start: int = 0

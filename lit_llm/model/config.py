@@ -58,6 +58,9 @@ class ModelConfig:
     """Share the token embedding matrix with lm_head."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
+    dropout: float = 0.0
+    """Dropout probability on each sublayer's output (the residual branches) and on the attention
+    weights, while training only (evaluation and generation never drop). 0: off, the default."""
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -102,6 +105,9 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        p = self.dropout
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+            problems.append(f"dropout={self.dropout!r}: expected a probability in [0, 1)")
         if not isinstance(self.tie_embeddings, bool):
             problems.append(f"tie_embeddings={self.tie_embeddings!r}: expected true or false")
         return problems

@@ -188,6 +188,33 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     return _Softmax.apply(x, dim)
 
 
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Inverted dropout: each element is zeroed with probability ``p`` and the survivors are scaled by
+    1 / (1 - p), so every element keeps its expected value and evaluation needs no rescaling. The
+    identity (the same tensor, no copy) when not training or p == 0. Autograd differentiates the
+    product: the gradient is the same mask, scaled the same way."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)  # 0 or 1/(1-p), same shape as x
+    return x * keep
+
+
+class Dropout(nn.Module):
+    """``dropout`` as a layer: active in ``train()`` mode only."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout p={p!r}: expected a probability in [0, 1)")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class _SiLU(torch.autograd.Function):
     """y = x * s with s = sigmoid(x);  dy/dx = s + x * s * (1 - s) = s * (1 + x * (1 - s))."""
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from lit_llm.model.attention import KVCache, MultiHeadSelfAttention
 from lit_llm.model.config import ModelConfig
-from lit_llm.model.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU
+from lit_llm.model.layers import Dropout, Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU
 
 
 def block_config(
@@ -89,22 +89,24 @@ class TransformerBlock(nn.Module):
             config.context_length,
             config.rope_theta if config.position == "rope" else None,
             attn_impl=config.attn_impl,
+            dropout=config.dropout,
             device=device,
             dtype=dtype,
         )
         self.ln2 = make_norm()
         ffn_cls = SwiGLU if config.ffn == "swiglu" else SiLUFeedForward
         self.ffn = ffn_cls(d_model, config.resolved_d_ff, device=device, dtype=dtype)
+        self.drop = Dropout(config.dropout)  # on each sublayer's output, before it joins the residual
 
     def forward(
         self, x: Tensor, token_positions: Tensor | None = None, kv_cache: KVCache | None = None
     ) -> Tensor:
         # x: (..., seq, d_model) -> (..., seq, d_model); kv_cache: this layer's (generation only)
         if self.post_norm:
-            x = self.ln1(x + self.attn(x, token_positions, kv_cache))
-            return self.ln2(x + self.ffn(x))
-        x = x + self.attn(self.ln1(x), token_positions, kv_cache)
-        return x + self.ffn(self.ln2(x))
+            x = self.ln1(x + self.drop(self.attn(x, token_positions, kv_cache)))
+            return self.ln2(x + self.drop(self.ffn(x)))
+        x = x + self.drop(self.attn(self.ln1(x), token_positions, kv_cache))
+        return x + self.drop(self.ffn(self.ln2(x)))
 
 
 class TransformerLM(nn.Module):
