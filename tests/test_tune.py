@@ -34,16 +34,18 @@ def test_backward_ema_keeps_a_constant_and_leaves_a_diverged_tail_alone() -> Non
     assert out[1] == pytest.approx((0.5 * 0.5 * 1.0 + 0.5 * 2.0) / (1 - 0.5**2))
 
 
-def test_suggestion_is_the_steepest_descent_against_log_lr_before_the_minimum() -> None:
-    # A loss falling as a logistic step centred on lr = 1e-3, rising sharply after 3e-2: the steepest
-    # descent against log(lr) is at the centre of the step.
-    lrs = tune.sweep_lrs(1e-6, 1.0, 121)
+def test_suggestion_lies_two_thirds_down_the_descent_before_the_minimum() -> None:
+    # A loss falling as a logistic step centred on lr = 1e-3, rising sharply after 3e-2 (its minimum).
+    lrs = tune.sweep_lrs(1e-6, 1.0, 121)  # 20 points per decade
     losses = [
         5.0 - 2.0 / (1 + math.exp(-3 * (math.log10(lr) + 3))) + (50 * (lr - 3e-2) if lr > 3e-2 else 0.0)
         for lr in lrs
     ]
+    minimum = lrs[losses.index(min(losses))]
+    assert minimum == pytest.approx(3e-2, rel=0.13)
     suggestion = tune.suggest_lr(lrs, losses, skip_begin=5)
-    assert suggestion == pytest.approx(1e-3, rel=0.13)  # within one point of the sweep (10**0.05)
+    # start lrs[5] = 10**-5.75, minimum 10**-1.5: two thirds of the way is 10**-2.93, within a point
+    assert suggestion == pytest.approx(10**-2.93, rel=0.13)
     assert tune.suggest_lr(lrs[:3], losses[:3], skip_begin=2) is None  # too few points before the minimum
 
 
