@@ -44,6 +44,21 @@ TRAINER_RESERVED = {"callbacks", "logger", "plugins", "default_root_dir", "enabl
 LIGHTNING_CHECKED = ("precision", "accelerator", "strategy", "devices", "num_nodes")
 
 
+def _steps_for_tokens_per_parameter(ratio: float, model: Any, batch_size: int) -> int:
+    """The ``lit_llm.steps_for_tokens_per_parameter`` resolver (``experiment=scaling``):
+    ``lit_llm.flops.steps_for_tokens_per_parameter``, imported when used (it imports torch)."""
+    from lit_llm.flops import steps_for_tokens_per_parameter
+
+    return steps_for_tokens_per_parameter(ratio, model, batch_size)
+
+
+# Registered here, beside ``resolve``: every reader of the configs (train, tune, the tests, the
+# benchmarks) imports this module before resolving them.
+OmegaConf.register_new_resolver(
+    "lit_llm.steps_for_tokens_per_parameter", _steps_for_tokens_per_parameter, replace=True
+)
+
+
 def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """The config as plain containers with every ``${...}`` resolved; a broken reference or a value left
     at ``???`` is a ConfigError."""

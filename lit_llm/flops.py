@@ -17,6 +17,8 @@ Elementwise work (norms, softmax, RoPE, SiLU, the optimizer) is ignored: it is m
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from lit_llm.model.config import ModelConfig
@@ -84,3 +86,16 @@ def module_flops_per_token(module: nn.Module, seq_len: int) -> float:
     matmul = sum(m.weight.numel() for m in parts if isinstance(m, Linear))
     attention = sum(12 * m.d_model * seq_len for m in parts if isinstance(m, MultiHeadSelfAttention))
     return float(6 * matmul + attention)
+
+
+def steps_for_tokens_per_parameter(ratio: float, model: Any, batch_size: int) -> int:
+    """Optimizer steps that train ``model`` (a ModelConfig, or the model node of a config) on ``ratio``
+    tokens per parameter with batches of ``batch_size`` windows of its context (one device, no
+    accumulation): the budget rule of a scaling study (Chinchilla's compute-optimal ratio is about 20).
+    The ``lit_llm.steps_for_tokens_per_parameter`` resolver of ``experiment=scaling``."""
+    if not isinstance(model, ModelConfig):
+        from omegaconf import DictConfig, OmegaConf
+
+        fields = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
+        model = ModelConfig.from_dict(fields)
+    return max(1, round(ratio * count_parameters(model) / (batch_size * model.context_length)))

@@ -10,6 +10,8 @@ It also prints a markdown table of the final and best values, ready for experime
 
 ``python -m lit_llm.plot --health RUN_DIR --out health.png`` draws one run's ``health/`` tags instead:
 update-to-weight ratios, attention entropies, residual RMS, largest logit and clipping over time.
+``python -m lit_llm.plot --scaling RUN_DIR ... --out scaling.png`` fits loss = a x C^-alpha of the runs'
+final val/loss against their training FLOPs and draws it (``experiment=scaling``).
 """
 
 from __future__ import annotations
@@ -249,6 +251,81 @@ def make_health_figure(run: Run, title: str | None = None):
     return fig
 
 
+@dataclass
+class ScalingPoint:
+    """One run of a scaling study: its size, its training compute and where it ended."""
+
+    label: str
+    parameters: int  # every parameter of the model (lit_llm.flops.count_parameters)
+    flops: float  # training FLOPs: FLOPs per token (lit_llm.flops) x tokens trained
+    loss: float  # final val/loss (nats/token)
+
+
+def scaling_point(run: Run) -> ScalingPoint:
+    """The model, tokens and final validation loss of a run folder (its .hydra/config.yaml and scalars)."""
+    from omegaconf import OmegaConf
+
+    from lit_llm.flops import count_parameters, estimate_flops_per_token
+    from lit_llm.model import ModelConfig
+
+    config_file = run.path / ".hydra" / "config.yaml"
+    if not config_file.is_file() or not run.scalars.get("val/loss") or not run.tokens_per_step:
+        raise ValueError(f"{run.path}: a scaling point needs .hydra/config.yaml, val/loss and train/loss")
+    model = OmegaConf.to_container(OmegaConf.load(config_file).model, resolve=True)  # vocab_size: ${data...}
+    config = ModelConfig.from_dict(model)
+    steps = max(step for tag in ("train/loss", "val/loss") for step, _, _ in run.scalars.get(tag, [])) + 1
+    tokens = steps * run.tokens_per_step
+    return ScalingPoint(
+        run.label,
+        count_parameters(config),
+        estimate_flops_per_token(config) * tokens,
+        run.scalars["val/loss"][-1][2],
+    )
+
+
+def fit_power_law(flops: list[float], losses: list[float]) -> tuple[float, float]:
+    """(a, alpha) of loss = a x flops^-alpha, least squares on log loss against log flops (a straight
+    line on the log-log plot; no irreducible-loss term, so alpha is the local slope over the range)."""
+    import numpy as np
+
+    if len(flops) < 2 or len(set(flops)) < 2:
+        raise ValueError(f"a power-law fit needs at least 2 runs of different compute; got {len(flops)}")
+    slope, intercept = np.polyfit(np.log(flops), np.log(losses), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def make_scaling_figure(points: list[ScalingPoint], a: float, alpha: float, title: str | None = None):
+    """Final val/loss against training FLOPs on log-log axes, each run labelled, with the fitted law."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=100)
+    flops = np.array([p.flops for p in points])
+    ax.scatter(flops, [p.loss for p in points], color="C0", zorder=3)
+    for p in points:
+        ax.annotate(
+            f"{p.label} ({p.parameters / 1e6:.2f}M)",
+            (p.flops, p.loss),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(5, 5),
+        )
+    grid = np.geomspace(flops.min() / 1.5, flops.max() * 1.5, 50)
+    ax.plot(grid, a * grid**-alpha, color="C3", linestyle="--", label=f"fit: {a:.3g} x C^-{alpha:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel("final val/loss (nats/token)")
+    ax.set_title(title or "scaling: final validation loss against training compute", fontsize=11)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def save_png(fig, out: str | os.PathLike) -> Path:
     """Write the figure to ``out`` through a temporary file in the same folder (never half a PNG)."""
     import matplotlib.pyplot as plt
@@ -295,10 +372,31 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="draw one run's network health (update/weight ratios, attention entropy, residual RMS, logits)",
     )
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="fit and draw a power law of final val/loss against training FLOPs over the runs",
+    )
     args = parser.parse_args(argv)
     if args.out.suffix.lower() != ".png":
         print(f"error: --out {args.out}: expected a .png file name", file=sys.stderr)
         return 2
+    if args.scaling:
+        try:
+            runs = [load_run(path) for path in args.runs]
+            assign_labels(runs, args.labels)
+            points = sorted((scaling_point(run) for run in runs), key=lambda p: p.flops)
+            a, alpha = fit_power_law([p.flops for p in points], [p.loss for p in points])
+            out = save_png(make_scaling_figure(points, a, alpha, args.title), args.out)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print("| run | parameters | training FLOPs | final val/loss |\n| --- | ---: | ---: | ---: |")
+        for p in points:
+            print(f"| {p.label} | {p.parameters:,} | {p.flops:.3g} | {p.loss:.4f} |")
+        print(f"fit: val/loss = {a:.4g} x C^-{alpha:.4f}")
+        print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
+        return 0
     if args.health:
         if len(args.runs) != 1:
             print(f"error: --health draws one run; got {len(args.runs)} run folders", file=sys.stderr)

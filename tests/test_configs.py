@@ -159,6 +159,18 @@ def test_one_override_of_the_run_length_gives_a_valid_run(experiment: str) -> No
     assert 0 <= SchedulerConfig(**config["scheduler"]).warmup_steps < 10
 
 
+def test_the_scaling_study_trains_each_width_on_ten_tokens_per_parameter() -> None:
+    from lit_llm.flops import count_parameters
+    from lit_llm.model import ModelConfig
+
+    for d_model in (32, 96):
+        config = validate_config(compose_train("experiment=scaling", f"model.d_model={d_model}"))
+        tokens_per_step = config["data"]["batch_size"] * config["model"]["context_length"]
+        parameters = count_parameters(ModelConfig.from_dict(config["model"]))
+        assert config["trainer"]["max_steps"] == round(10 * parameters / tokens_per_step)
+        assert config["trainer"]["val_check_interval"] == config["trainer"]["max_steps"]
+
+
 def test_warmup_is_a_fraction_of_the_schedule_unless_given_in_steps() -> None:
     assert SchedulerConfig(cosine_cycle_iters=300).warmup_steps == 30  # the default 10%
     assert SchedulerConfig(cosine_cycle_iters=300, warmup_fraction=0.0).warmup_steps == 0

@@ -214,3 +214,61 @@ def test_health_needs_one_run_with_health_tags(two_runs: list[Path], tmp_path: P
     assert "--health draws one run; got 2 run folders" in capsys.readouterr().err
     assert plot.main(["--health", str(two_runs[0]), "--out", out]) == 1
     assert "no health/ scalars (was callbacks.health on?)" in capsys.readouterr().err
+
+
+def test_power_law_fit_recovers_a_known_exponent() -> None:
+    flops = list(np.geomspace(1e12, 1e15, 7))
+    exact = [4.2 * c**-0.071 for c in flops]
+    a, alpha = plot.fit_power_law(flops, exact)
+    assert alpha == pytest.approx(0.071, rel=1e-9) and a == pytest.approx(4.2, rel=1e-9)
+    wobble = [1.002, 0.998, 1.001, 0.999, 1.002, 0.998, 1.0]  # +-0.2 %, a fixed pattern
+    _, noisy = plot.fit_power_law(flops, [loss * w for loss, w in zip(exact, wobble, strict=True)])
+    assert noisy == pytest.approx(0.071, abs=2e-3)
+    with pytest.raises(ValueError, match="at least 2 runs of different compute"):
+        plot.fit_power_law([1e12], [3.0])
+
+
+def scaling_run(run_dir: Path, d_model: int, steps: int, final_loss: float) -> Path:
+    """A run folder of experiment=scaling: its config (model and batch) and its train/val losses."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model.d_model={d_model}"]))
+    config = {
+        "data": {"batch_size": 8, "vocab_size": 256},
+        "model": {
+            "vocab_size": "${data.vocab_size}",  # as Hydra saves it: unresolved
+            "context_length": 64,
+            "d_model": d_model,
+            "num_layers": 2,
+            "num_heads": 4,
+        },
+        "trainer": {"accumulate_grad_batches": 1, "devices": 1, "num_nodes": 1},
+    }
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    for step in range(steps):
+        writer.add_scalar("train/loss", final_loss + 1.0 / (1 + step), step)
+    writer.add_scalar("val/loss", final_loss + 0.5, steps // 2 - 1)
+    writer.add_scalar("val/loss", final_loss, steps - 1)
+    writer.close()
+    return run_dir
+
+
+def test_scaling_cli_fits_the_runs_and_draws_them(tmp_path: Path, capsys) -> None:
+    from lit_llm.flops import count_parameters, estimate_flops_per_token
+    from lit_llm.model import ModelConfig
+
+    shapes = [(32, 40, 3.0), (64, 80, 2.6), (128, 160, 2.3)]
+    runs = [str(scaling_run(tmp_path / str(i), d, s, loss)) for i, (d, s, loss) in enumerate(shapes)]
+    out = tmp_path / "scaling.png"
+    assert plot.main(["--scaling", *runs, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    flops = []
+    for d_model, steps, _ in shapes:
+        config = ModelConfig(vocab_size=256, context_length=64, d_model=d_model, num_layers=2, num_heads=4)
+        flops.append(estimate_flops_per_token(config) * steps * 8 * 64)
+        assert f"| model.d_model={d_model} | {count_parameters(config):,} |" in printed
+    _, alpha = plot.fit_power_law(flops, [loss for _, _, loss in shapes])
+    assert f"C^-{alpha:.4f}" in printed
+    assert read_png(out).shape[0] > 300
+    assert plot.main(["--scaling", runs[0], "--out", str(out)]) == 1
+    assert "at least 2 runs of different compute" in capsys.readouterr().err
