@@ -308,8 +308,15 @@ def _refused_start(exc: BaseException) -> None:
             handler.handle(record)
 
 
+_JOBS_RUN = [0]  # jobs of this process so far (a multirun runs its jobs one after the other in one process)
+
+
 @cli.main("train", config_path=cli.TRAIN_CONFIGS)
 def main(cfg: DictConfig) -> None:
+    global STARTED
+    if _JOBS_RUN[0]:  # a later job of a multirun: its start-up begins now, not at the process start
+        STARTED = time.perf_counter()
+    _JOBS_RUN[0] += 1
     try:
         train(validate_config(cfg))
     except Exception as exc:
