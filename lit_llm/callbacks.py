@@ -434,27 +434,17 @@ class RunClock(Callback):
         )
 
 
-def command_line_overrides() -> dict[str, str | float]:
+def command_line_overrides() -> dict[str, object]:
     """The run's Hydra overrides (the command line, and in a multirun the values of this job) as
     ``{"override/optimizer.lr": 0.001, "override/experiment": "shakespeare", ...}``, numbers as numbers
     (TensorBoard sorts and plots those as such); empty outside a Hydra app."""
     from hydra.core.hydra_config import HydraConfig
 
+    from lit_llm.cli import parse_override
+
     if not HydraConfig.initialized():
         return {}
-    out = {}
-    for override in HydraConfig.get().overrides.task:
-        key, _, value = override.partition("=")
-        out["override/" + key.lstrip("+~")] = _number_or_text(value)
-    return out
-
-
-def _number_or_text(value: str) -> str | float:
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return number if math.isfinite(number) else value
+    return {"override/" + key: value for key, value in map(parse_override, HydraConfig.get().overrides.task)}
 
 
 class FinalMetricsHparams(Callback):

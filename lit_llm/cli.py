@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -38,6 +39,22 @@ LAZY_USER_ERRORS = (
 # A full, read-only or forbidden disk: the path and the cause in one line, never a traceback.
 _NO_WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, n))
 DISK_ERRNOS = _NO_WRITE_ERRNOS | {errno.EACCES, errno.EPERM}
+
+
+def parse_override(override: str) -> tuple[str, object]:
+    """``key=value`` as (key, value as Hydra reads it): a multirun job records ``optimizer.lr=0.001``
+    and ``x=False`` for what a single run's command line spelled ``optimizer.lr=1e-3`` and ``x=false``,
+    so numbers become floats and true/false/null lower case; ``+key``/``~key`` lose their sign. Used
+    to compare runs' overrides (``lit_llm.plot``) and to record them as hyperparameters."""
+    key, _, value = override.partition("=")
+    key = key.lstrip("+~")
+    if value.lower() in ("true", "false", "null"):
+        return key, value.lower()
+    try:
+        number = float(value)
+    except ValueError:
+        return key, value
+    return key, number if math.isfinite(number) else value  # "nan" stays text: nan != nan
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -165,8 +165,9 @@ class LanguageModelModule(pl.LightningModule):
         else:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             norm = clip_grad_norm(params, max_norm)
-        clipped = norm > max_norm  # a 0-d bool tensor: counted without reading it
-        self.clipped_steps = clipped.long() if self.clipped_steps is None else self.clipped_steps + clipped
+        if math.isfinite(max_norm):  # without a bound nothing is clipped: no op per step to count it
+            clipped = (norm > max_norm).long()  # a 0-d tensor: counted without reading it
+            self.clipped_steps = clipped if self.clipped_steps is None else self.clipped_steps + clipped
         if self._writes_logs():
             self.log("grad_norm", norm)
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_llm.cli import parse_override
+
 PANELS = (  # (tag, x axis, title); the first three use the chosen validation metric
     (None, "step", "{metric} vs steps"),
     (None, "tokens", "{metric} vs training tokens"),
@@ -118,18 +120,6 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     return Run(run_dir, [str(o) for o in overrides or []], tokens_per_step(config or {}), scalars)
 
 
-def _canonical(override: str) -> tuple[str, object]:
-    """``key=value`` with the value as Hydra reads it: a multirun job records ``optimizer.lr=0.001`` and
-    ``x=False`` for what a single run's command line spelled ``optimizer.lr=1e-3`` and ``x=false``."""
-    key, _, value = override.partition("=")
-    if value.lower() in ("true", "false", "null"):
-        return key, value.lower()
-    try:
-        return key, float(value)
-    except ValueError:
-        return key, value
-
-
 def assign_labels(runs: list[Run], labels: list[str] | None = None) -> None:
     """Label each run by its overrides that not all runs share (``optimizer.lr=3e-3``); a run with no
     such override (or a single run) gets its ``experiment=`` override or else its folder name."""
@@ -139,9 +129,10 @@ def assign_labels(runs: list[Run], labels: list[str] | None = None) -> None:
         for run, label in zip(runs, labels, strict=True):
             run.label = label
         return
-    shared = set.intersection(*({_canonical(o) for o in run.overrides} for run in runs)) if runs else set()
+    parsed = [{parse_override(o) for o in run.overrides} for run in runs]
+    shared = set.intersection(*parsed) if runs else set()
     for run in runs:
-        distinct = [o for o in run.overrides if _canonical(o) not in shared] if len(runs) > 1 else []
+        distinct = [o for o in run.overrides if parse_override(o) not in shared] if len(runs) > 1 else []
         experiment = [o for o in run.overrides if o.startswith("experiment=")]
         run.label = " ".join(distinct or experiment) or f"{run.path.parent.name}/{run.path.name}"
 

@@ -29,12 +29,12 @@ import json
 import math
 import os
 import statistics
-import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -52,15 +52,10 @@ class SpikeGuardError(NonFiniteLossError):
     """The loss kept spiking after the allowed number of skips or rollbacks."""
 
 
-def _clone(obj: Any) -> Any:
-    """A deep copy of a state dict's tensors (detached, same device), other values as they are."""
-    if isinstance(obj, Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
+def _clone(state: Any) -> Any:
+    """A copy of a state dict whose tensors own their memory (``state_dict()`` returns views of the live
+    weights, and ``Optimizer.load_state_dict`` may keep the tensors it is given)."""
+    return apply_to_collection(state, Tensor, lambda t: t.detach().clone())
 
 
 class SpikeGuard(Callback):
@@ -154,9 +149,6 @@ class SpikeGuard(Callback):
             rank_zero_warn("callbacks.spike_guard acts on one device only; with several it is off")
             return
         pl_module.spike_guard = self
-        # Lightning warns once when a training_step returns None; here that is the guard's skip, which
-        # it records itself (only that message is silenced).
-        warnings.filterwarnings("ignore", message=r"`training_step` returned `None`. If this was on purpose")
         if self.events_file is None:
             self.events_file = Path(trainer.default_root_dir) / "guard_events.jsonl"
 

@@ -180,14 +180,16 @@ class _Builder:
 
 
 def _quiet_unactionable_messages() -> None:
-    """Two lines every run printed that a user can do nothing about, each filtered by its own text
-    (nothing else is silenced): torch's deprecation of ``LeafSpec``, which Lightning's ``_pytree`` still
-    uses, and Lightning's advertisement for its cloud logger."""
+    """Lines a user can do nothing about, each filtered by its own text (nothing else is silenced):
+    torch's deprecation of ``LeafSpec``, which Lightning's ``_pytree`` still uses; Lightning's
+    advertisement for its cloud logger; and its warning that a ``training_step`` returned None, which
+    here is the spike guard skipping an update (lit_llm/spike_guard.py records each one itself)."""
     import warnings
 
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
+    warnings.filterwarnings("ignore", message=r"`training_step` returned `None`. If this was on purpose")
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvertisement) for f in rank_zero.filters):
         rank_zero.addFilter(_DropAdvertisement())
@@ -308,15 +310,15 @@ def _refused_start(exc: BaseException) -> None:
             handler.handle(record)
 
 
-_JOBS_RUN = [0]  # jobs of this process so far (a multirun runs its jobs one after the other in one process)
+_jobs_run = 0  # jobs of this process so far (a multirun runs its jobs one after the other in one process)
 
 
 @cli.main("train", config_path=cli.TRAIN_CONFIGS)
 def main(cfg: DictConfig) -> None:
-    global STARTED
-    if _JOBS_RUN[0]:  # a later job of a multirun: its start-up begins now, not at the process start
+    global STARTED, _jobs_run
+    if _jobs_run:  # a later job of a multirun: its start-up begins now, not at the process start
         STARTED = time.perf_counter()
-    _JOBS_RUN[0] += 1
+    _jobs_run += 1
     try:
         train(validate_config(cfg))
     except Exception as exc:

@@ -145,13 +145,13 @@ def train_step(
         with fabric.autocast():
             loss = cross_entropy(model(x), y) / len(batches)  # logits (batch, seq, vocab) -> scalar
         fabric.backward(loss)
-        total += float(loss.detach())
+        total = total + loss.detach()  # on the device: read once, at the end of the step
     raw = getattr(optimizer, "optimizer", optimizer)  # our AdamW inside Fabric's wrapper
     fabric.strategy.precision.unscale_gradients(raw)
     clip_grad_norm([p for group in raw.param_groups for p in group["params"]], max_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total
+    return float(total)
 
 
 def _max_norm(config: dict[str, Any]) -> float:

@@ -236,10 +236,14 @@ class MultiHeadSelfAttention(nn.Module):
         then ``dropout``, then times v. Composed from our softmax Function and autograd rather than
         ``_Attention``, whose hand-written backward assumes the undropped weights; used only while
         training with ``dropout`` > 0. q, k, v: (..., heads, seq, head_dim) -> (..., heads, seq, head_dim)."""
-        seq = q.shape[-2]
+        return torch.matmul(dropout(self._causal_probabilities(q, k), p_drop), v)
+
+    def _causal_probabilities(self, q: Tensor, k: Tensor) -> Tensor:
+        """softmax(q k^T / sqrt(d)) under the causal mask, with our softmax (differentiable):
+        q, k (..., heads, seq, head_dim) -> (..., heads, seq, seq), rows summing to 1."""
         scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
-        scores = scores.masked_fill(~self._mask(seq), float("-inf"))  # (..., heads, seq, seq)
-        return torch.matmul(dropout(softmax(scores, dim=-1), p_drop), v)
+        scores = scores.masked_fill(~self._mask(q.shape[-2]), float("-inf"))
+        return softmax(scores, dim=-1)
 
     def _queries_keys(
         self, x: Tensor, token_positions: Tensor | None, start: int = 0
@@ -265,10 +269,7 @@ class MultiHeadSelfAttention(nn.Module):
         our blocked training path keeps the whole matrix, so it is made here, in float32, with the same
         projections, rotation and mask as ``forward``."""
         q, k = self._queries_keys(x, token_positions)
-        seq = q.shape[-2]
-        scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
-        scores = scores.masked_fill(~self._mask(seq), float("-inf"))  # (..., heads, seq, seq)
-        return softmax(scores, dim=-1)
+        return self._causal_probabilities(q.float(), k.float())
 
     def _forward_cached(self, x: Tensor, token_positions: Tensor | None, kv_cache: KVCache) -> Tensor:
         start, seq = kv_cache.length, x.shape[-2]

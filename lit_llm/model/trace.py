@@ -29,11 +29,10 @@ class ForwardTrace:
 
 
 @torch.no_grad()
-def trace_forward(model: TransformerLM, token_ids: Tensor, *, attention: bool = True) -> ForwardTrace:
+def trace_forward(model: TransformerLM, token_ids: Tensor) -> ForwardTrace:
     """``model`` on ``token_ids`` (batch, seq), in eval mode (restored afterwards), without gradients.
 
-    ``attention=False`` skips the (batch, heads, seq, seq) matrices (``ForwardTrace.attention`` is
-    empty). A model compiled in place (``nn.Module.compile``) is traced eagerly: ``model.forward`` is
+    A model compiled in place (``nn.Module.compile``) is traced eagerly: ``model.forward`` is
     the plain method, and the compiled graph (whose guards would see the hooks) is never entered.
     """
     residuals: list[Tensor] = []
@@ -47,8 +46,7 @@ def trace_forward(model: TransformerLM, token_ids: Tensor, *, attention: bool = 
         weights.append(module.attention_probabilities(x, positions))
 
     handles = [layer.register_forward_hook(keep_output) for layer in model.layers]
-    if attention:
-        handles += [layer.attn.register_forward_pre_hook(keep_attention) for layer in model.layers]
+    handles += [layer.attn.register_forward_pre_hook(keep_attention) for layer in model.layers]
     was_training = model.training
     model.eval()
     try:
