@@ -41,6 +41,8 @@ def test_ddp_sim_ranks_train_on_different_windows(tmp_path: Path, session_data_p
         "experiment=quickstart",
         "debug=fast",
         "trainer=ddp_sim",
+        "logger=tensorboard",
+        "callbacks.health.every_n_steps=2",
         "callbacks.progress_bar=null",
         "+callbacks.probe._target_=test_train_ddp.FirstBatchProbe",
         f"+callbacks.probe.out_dir={probe_dir}",
@@ -54,3 +56,11 @@ def test_ddp_sim_ranks_train_on_different_windows(tmp_path: Path, session_data_p
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["best.ckpt", "last.ckpt"]
+    # Network health under DDP: rank 0 alone writes it (one event file), at steps 0 and 2.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events_file,) = (run_dir / "tensorboard").glob("events.out.tfevents.*")
+    events = EventAccumulator(str(events_file), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("health/max_logit")] == [0, 2]
+    assert [e.step for e in events.Scalars("health/update_ratio_log10/layers.0.attn.q_proj")] == [0, 2]
