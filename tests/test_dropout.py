@@ -55,11 +55,17 @@ def test_dropped_attention_averages_to_the_undropped_attention(attn_impl: str) -
     torch.testing.assert_close(mean, expected[0], atol=0.06, rtol=0)
 
 
-def test_training_with_dropout_gives_finite_gradients_on_both_attention_paths() -> None:
+@pytest.mark.parametrize("precision", ["float32", "bf16 autocast", "bfloat16 weights"])
+def test_training_with_dropout_gives_finite_gradients_on_both_attention_paths(precision: str) -> None:
     for attn_impl in ("sdpa", "naive"):
         model = tiny_model(attn_impl=attn_impl, dropout=0.2).train()
+        if precision == "bfloat16 weights":
+            model = model.to(torch.bfloat16)
         x = torch.randint(0, model.config.vocab_size, (2, 12))
-        model(x).logsumexp(-1).mean().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast"):
+            logits = model(x)
+        assert logits.dtype == (torch.float32 if precision == "float32" else torch.bfloat16)
+        logits.float().logsumexp(-1).mean().backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters()), attn_impl
 
 
@@ -69,3 +75,47 @@ def test_a_bad_dropout_is_one_clear_error() -> None:
         ModelConfig(**fields, dropout=1.0)
     with pytest.raises(ValueError, match=r"dropout=-0.1: expected a probability in \[0, 1\)"):
         ModelConfig(**fields, dropout=-0.1)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_the_keep_mask_keeps_one_minus_p_of_any_tensor(p: float) -> None:
+    """The mask is drawn as the halves of 64-bit random words: an odd element count, another dtype and
+    any p still give a mask of x's shape, kept with probability 1 - p (to ~8 binomial deviations)."""
+    torch.manual_seed(0)
+    x = torch.ones(3, 66_667, dtype=torch.bfloat16, requires_grad=True)  # 200,001 elements: odd
+    y = dropout(x, p)
+    assert y.shape == x.shape and y.dtype == torch.bfloat16
+    kept = (y != 0).double().mean().item()
+    assert kept == pytest.approx(1 - p, abs=8 * (p * (1 - p) / x.numel()) ** 0.5)
+    y.float().sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the same mask and scale, both times 1
+
+
+def test_attention_dropout_defaults_to_dropout_and_can_be_set_apart() -> None:
+    same = tiny_model(dropout=0.3)
+    apart = tiny_model(dropout=0.3, attention_dropout=0.0)
+    for model, attention in ((same, 0.3), (apart, 0.0)):
+        assert [layer.attn.dropout for layer in model.layers] == [attention] * len(model.layers)
+        assert [layer.drop.p for layer in model.layers] == [0.3] * len(model.layers)
+    assert apart.config.resolved_attention_dropout == 0.0 and same.config.resolved_attention_dropout == 0.3
+    fields = dict(vocab_size=10, context_length=8, d_model=8, num_layers=1, num_heads=2)
+    with pytest.raises(ValueError, match=r"attention_dropout=1.5: expected a probability in \[0, 1\)"):
+        ModelConfig(**fields, attention_dropout=1.5)
+
+
+def test_on_a_cpu_both_attention_paths_drop_with_our_composition() -> None:
+    """F.scaled_dot_product_attention has no fused CPU kernel with dropout (it falls back to an unfused
+    path, 2x slower than ours), so a training "sdpa" layer with dropout runs our composition on a CPU:
+    from the same weights and generator state, the two paths make the same draws and the same ops."""
+    layers = {}
+    for attn_impl in ("sdpa", "naive"):
+        torch.manual_seed(0)
+        layers[attn_impl] = MultiHeadSelfAttention(
+            16, 2, max_seq_len=6, theta=10000.0, attn_impl=attn_impl, dropout=0.3
+        ).train()
+    x = torch.randn(3, 6, 16)
+    outputs = []
+    for layer in layers.values():
+        torch.manual_seed(1)
+        outputs.append(layer(x))
+    assert torch.equal(*outputs)

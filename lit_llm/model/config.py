@@ -59,8 +59,13 @@ class ModelConfig:
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     dropout: float = 0.0
-    """Dropout probability on each sublayer's output (the residual branches) and on the attention
-    weights, while training only (evaluation and generation never drop). 0: off, the default."""
+    """Dropout probability on each sublayer's output (the residual branches) and, unless
+    ``attention_dropout`` says otherwise, on the attention weights, while training only (evaluation
+    and generation never drop). 0: off, the default."""
+    attention_dropout: float | None = None
+    """Dropout probability on the attention weights; None: the same as ``dropout``. Set apart to ablate
+    one against the other (on Tiny Shakespeare the attention dropout is most of the regularisation:
+    experiments/README.md, study 6)."""
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -105,9 +110,12 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        p = self.dropout
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
-            problems.append(f"dropout={self.dropout!r}: expected a probability in [0, 1)")
+        for name in ("dropout", "attention_dropout"):
+            p = getattr(self, name)
+            if name == "attention_dropout" and p is None:
+                continue
+            if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+                problems.append(f"{name}={p!r}: expected a probability in [0, 1)")
         if not isinstance(self.tie_embeddings, bool):
             problems.append(f"tie_embeddings={self.tie_embeddings!r}: expected true or false")
         return problems
@@ -120,6 +128,11 @@ class ModelConfig:
     def resolved_d_ff(self) -> int:
         """The feed-forward width actually built: ``d_ff`` or its default for this ``ffn``."""
         return self.d_ff if self.d_ff is not None else default_d_ff(self.d_model, self.ffn)
+
+    @property
+    def resolved_attention_dropout(self) -> float:
+        """The dropout applied to the attention weights: ``attention_dropout``, or ``dropout``."""
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (``d_ff`` kept as given, so None stays None)."""

@@ -89,7 +89,7 @@ class TransformerBlock(nn.Module):
             config.context_length,
             config.rope_theta if config.position == "rope" else None,
             attn_impl=config.attn_impl,
-            dropout=config.dropout,
+            dropout=config.resolved_attention_dropout,
             device=device,
             dtype=dtype,
         )
