@@ -105,7 +105,7 @@ def test_attention_dropout_defaults_to_dropout_and_can_be_set_apart() -> None:
 
 def test_on_a_cpu_both_attention_paths_drop_with_our_composition() -> None:
     """F.scaled_dot_product_attention has no fused CPU kernel with dropout (it falls back to an unfused
-    path, 2x slower than ours), so a training "sdpa" layer with dropout runs our composition on a CPU:
+    path, slower than ours), so a training "sdpa" layer with dropout runs our composition on a CPU:
     from the same weights and generator state, the two paths make the same draws and the same ops."""
     layers = {}
     for attn_impl in ("sdpa", "naive"):
