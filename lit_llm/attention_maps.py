@@ -40,38 +40,71 @@ def token_labels(tokenizer: Any, ids: list[int], width: int = 8) -> list[str]:
     return labels
 
 
+class LayerFigure:
+    """One layer's figure for a fixed prompt, laid out and drawn once, then redrawn with new weights.
+
+    Between two validations only the weights and the title's step change; the heads, axes, tokens and
+    labels do not. So the figure is laid out and rasterised once without the weights and the title
+    (matplotlib's "animated" artists), and each render pastes those pixels back and draws only the
+    weight images and the title on them (blitting): laying out and drawing a labelled figure costs
+    many times more (benchmarks/bench_health.py prints the seconds per validation). A plain
+    ``matplotlib.figure.Figure`` on an Agg canvas: not registered with pyplot, so holding many open
+    neither warns nor leaks pyplot state."""
+
+    def __init__(self, heads: int, seq: int, labels: list[str] | None) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.heads, self.seq, self.labels = heads, seq, labels
+        cols = min(heads, HEADS_PER_ROW)
+        rows = math.ceil(heads / cols)
+        panel = 2.2 if labels is None else max(2.2, 0.16 * seq + 0.8)
+        self.figure = Figure(figsize=(panel * cols, panel * rows + 0.5), dpi=72)
+        FigureCanvasAgg(self.figure)
+        axes = self.figure.subplots(rows, cols, squeeze=False)
+        blank = np.zeros((seq, seq), dtype=np.float32)
+        self.images = []
+        for h, ax in enumerate(axes.flat):
+            if h >= heads:
+                ax.axis("off")
+                continue
+            self.images.append(
+                ax.imshow(blank, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest", animated=True)
+            )
+            ax.set_title(f"head {h}", fontsize=9)
+            ticks = range(seq) if labels is not None else []
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            if labels is not None:
+                bottom_of_column = h + cols >= heads
+                ax.set_xticklabels(labels if bottom_of_column else [], rotation=90, fontsize=7)
+                ax.set_yticklabels(labels if h % cols == 0 else [], fontsize=7)
+        self.title = self.figure.suptitle("layer 0, step 0: rows = query, columns = key", fontsize=10)
+        self.title.set_animated(True)
+        self.figure.tight_layout()
+        # Everything but the animated artists (weights and title), drawn once and kept as pixels.
+        self.figure.canvas.draw()
+        self.background = self.figure.canvas.copy_from_bbox(self.figure.bbox)
+
+    def render(self, weights: np.ndarray, title: str) -> np.ndarray:
+        """(heads, seq, seq) attention weights -> an RGB image (height, width, 3) uint8."""
+        if weights.shape != (self.heads, self.seq, self.seq):
+            raise ValueError(f"weights of shape {weights.shape}: expected {(self.heads, self.seq, self.seq)}")
+        canvas = self.figure.canvas
+        canvas.restore_region(self.background)
+        for image, head in zip(self.images, weights, strict=True):
+            image.set_data(head)
+            self.figure.draw_artist(image)
+        self.title.set_text(title)
+        self.figure.draw_artist(self.title)
+        return np.asarray(self.figure.canvas.buffer_rgba())[..., :3].copy()  # (height, width, 3)
+
+
 def draw_layer(weights: np.ndarray, labels: list[str] | None, title: str) -> np.ndarray:
     """(heads, seq, seq) attention weights -> an RGB image (height, width, 3) uint8 of the heads side
-    by side, ``labels`` (one per position) on the axes when given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    by side, ``labels`` (one per position) on the axes when given: a ``LayerFigure`` used once."""
     heads, seq = weights.shape[0], weights.shape[-1]
-    cols = min(heads, HEADS_PER_ROW)
-    rows = math.ceil(heads / cols)
-    panel = 2.2 if labels is None else max(2.2, 0.16 * seq + 0.8)
-    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols, panel * rows + 0.5), dpi=72, squeeze=False)
-    for h, ax in enumerate(axes.flat):
-        if h >= heads:
-            ax.axis("off")
-            continue
-        ax.imshow(weights[h], cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_title(f"head {h}", fontsize=9)
-        ticks = range(seq) if labels is not None else []
-        ax.set_xticks(ticks)
-        ax.set_yticks(ticks)
-        if labels is not None:
-            bottom_of_column = h + cols >= heads
-            ax.set_xticklabels(labels if bottom_of_column else [], rotation=90, fontsize=7)
-            ax.set_yticklabels(labels if h % cols == 0 else [], fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (height, width, 3)
-    plt.close(fig)
-    return image
+    return LayerFigure(heads, seq, labels).render(weights, title)
 
 
 class AttentionMaps(Callback):
@@ -85,6 +118,7 @@ class AttentionMaps(Callback):
             raise ValueError(f"max_tokens={max_tokens!r}: expected a positive integer")
         self.prompt, self.max_tokens = prompt, max_tokens
         self.last_images: list[np.ndarray] = []
+        self._figures: list[LayerFigure] = []  # one per layer, for the prompt's tokens (laid out once)
         self._warned = False
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -103,10 +137,23 @@ class AttentionMaps(Callback):
         self.last_images = []
         for i, weights in enumerate(trace.attention):  # (1, heads, seq, seq) each
             title = f"layer {i}, step {step}: rows = query, columns = key"
-            image = draw_layer(weights[0].float().cpu().numpy(), labels, title)
+            image = self._figure(i, weights.shape[1], labels, len(ids)).render(
+                weights[0].float().cpu().numpy(), title
+            )
             self.last_images.append(image)
             for writer in writers:
                 writer.add_image(f"attention/layers.{i}", image, global_step=step, dataformats="HWC")
+
+    def _figure(self, layer: int, heads: int, labels: list[str] | None, seq: int) -> LayerFigure:
+        """Layer ``layer``'s figure, laid out on first use (and again only if its shape changed)."""
+        if layer < len(self._figures):
+            figure = self._figures[layer]
+            if (figure.heads, figure.seq, figure.labels) == (heads, seq, labels):
+                return figure
+            del self._figures[layer:]
+        figure = LayerFigure(heads, seq, labels)
+        self._figures.append(figure)
+        return figure
 
     def _has_matplotlib(self) -> bool:
         try:

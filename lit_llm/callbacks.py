@@ -236,12 +236,21 @@ class ParameterHistograms(Callback):
 
     def __init__(self) -> None:
         self._grads: dict[str, Tensor] = {}
+        # (name, parameter) pairs, listed at the first step: walking the module tree every step costs
+        # ~0.1 ms at the ablation_base size. The parameters of a fit stay the same objects (a resume or
+        # a rollback loads values into them).
+        self._named: list[tuple[str, Tensor]] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._named = None
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if trainer.is_global_zero:
-            self._grads = {n: p.grad for n, p in pl_module.named_parameters() if p.grad is not None}
+            if self._named is None:
+                self._named = list(pl_module.named_parameters())
+            self._grads = {n: p.grad for n, p in self._named if p.grad is not None}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]

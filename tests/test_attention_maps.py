@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from test_module import MODEL, TinyData, make_module, make_trainer
 from tiny_lm import one_thread  # noqa: F401  (an autouse fixture)
 
-from lit_llm.attention_maps import AttentionMaps, draw_layer, token_labels
+from lit_llm.attention_maps import AttentionMaps, LayerFigure, draw_layer, token_labels
 
 
 def test_one_image_per_layer_at_each_validation(tmp_path: Path) -> None:
@@ -56,6 +56,20 @@ def test_drawing_puts_every_head_in_the_image_and_labels_fit() -> None:
     assert labelled.shape[1] > labelled.shape[0]  # four heads side by side: wider than tall
     sixteen = draw_layer(torch.cat([weights] * 4).numpy(), None, "layer 0")
     assert sixteen.shape[0] > plain.shape[0]  # two rows of eight
+
+
+def test_a_figure_laid_out_once_redraws_what_a_fresh_one_draws() -> None:
+    """AttentionMaps keeps one figure per layer across validations: redrawing it with new weights and
+    a new title gives the very pixels a figure drawn from nothing gives (Agg rasterises the same
+    artists the same way)."""
+    seq, labels = 5, [f"t{i}" for i in range(5)]
+    first, second = (torch.softmax(torch.randn(2, seq, seq), -1).numpy() for _ in range(2))
+    figure = LayerFigure(2, seq, labels)
+    figure.render(first, "layer 0, step 1: rows = query, columns = key")
+    again = figure.render(second, "layer 0, step 20: rows = query, columns = key")
+    assert np.array_equal(again, draw_layer(second, labels, "layer 0, step 20: rows = query, columns = key"))
+    with pytest.raises(ValueError, match=r"weights of shape \(3, 5, 5\): expected \(2, 5, 5\)"):
+        figure.render(np.zeros((3, seq, seq), dtype=np.float32), "x")
 
 
 def test_token_labels_are_short_and_printable() -> None:

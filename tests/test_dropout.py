@@ -119,3 +119,24 @@ def test_on_a_cpu_both_attention_paths_drop_with_our_composition() -> None:
         torch.manual_seed(1)
         outputs.append(layer(x))
     assert torch.equal(*outputs)
+
+
+def test_embedding_dropout_is_off_by_default_and_drops_the_residual_streams_input() -> None:
+    """``embedding_dropout`` stays 0 when ``dropout`` is set; when set, a training forward pass is the
+    undropped model run on ``dropout(embeddings)`` drawn from the same generator state."""
+    assert tiny_model(dropout=0.3).embedding_drop.p == 0.0
+    plain = tiny_model()
+    dropped = tiny_model(embedding_dropout=0.4)
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.randint(0, plain.config.vocab_size, (2, 12))
+    torch.manual_seed(3)
+    out = dropped.train()(x)
+    torch.manual_seed(3)
+    h = dropout(plain.token_embeddings(x), 0.4)
+    for layer in plain.layers:
+        h = layer(h)
+    assert torch.equal(out, plain.lm_head(plain.ln_final(h)))  # the same ops on the same values
+    assert torch.equal(dropped.eval()(x), plain.eval()(x))
+    fields = dict(vocab_size=10, context_length=8, d_model=8, num_layers=1, num_heads=2)
+    with pytest.raises(ValueError, match=r"embedding_dropout=-0.1: expected a probability in \[0, 1\)"):
+        ModelConfig(**fields, embedding_dropout=-0.1)

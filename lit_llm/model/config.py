@@ -66,6 +66,9 @@ class ModelConfig:
     """Dropout probability on the attention weights; None: the same as ``dropout``. Set apart to ablate
     one against the other (on Tiny Shakespeare the attention dropout is most of the regularisation:
     experiments/README.md, study 6)."""
+    embedding_dropout: float = 0.0
+    """Dropout probability on the token embeddings (the residual stream's input), while training only,
+    as nanoGPT applies its ``dropout`` there. 0: off, the default, also when ``dropout`` is set."""
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -110,7 +113,7 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        for name in ("dropout", "attention_dropout"):
+        for name in ("dropout", "attention_dropout", "embedding_dropout"):
             p = getattr(self, name)
             if name == "attention_dropout" and p is None:
                 continue

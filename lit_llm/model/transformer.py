@@ -137,6 +137,7 @@ class TransformerLM(nn.Module):
             config = ModelConfig(*(args if config is None else (config, *args)), **kwargs)
         self.config = config
         self.token_embeddings = Embedding(config.vocab_size, config.d_model, device=device, dtype=dtype)
+        self.embedding_drop = Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(
             TransformerBlock(config, i, device=device, dtype=dtype) for i in range(config.num_layers)
         )
@@ -195,7 +196,7 @@ class TransformerLM(nn.Module):
             raise ValueError(
                 f"sequence length {held}{seq} exceeds the model's context_length={self.config.context_length}"
             )
-        x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
+        x = self.embedding_drop(self.token_embeddings(token_ids))  # (batch, seq, d_model)
         if kv_cache is None:
             for layer in self.layers:
                 x = layer(x, token_positions)
