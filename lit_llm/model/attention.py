@@ -147,6 +147,16 @@ class KVCache:
         self.length = 0
 
 
+def _masked_softmax(q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
+    """softmax(q k^T) over the keys ``mask`` allows (False: -inf), with our softmax, in float32 whatever
+    q's dtype (under bf16 autocast the scores come out bfloat16; fused kernels also keep them float32).
+    q (..., queries, head_dim), already scaled by 1/sqrt(d); k (..., keys, head_dim); mask (queries, keys)
+    -> (..., queries, keys). Differentiable: the in-place fill is on the scores, which matmul's backward
+    does not need."""
+    scores = torch.matmul(q, k.transpose(-2, -1)).float()
+    return softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1)
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Causal multi-head self-attention with optional RoPE on queries and keys.
 
@@ -244,27 +254,17 @@ class MultiHeadSelfAttention(nn.Module):
         The (seq, seq) weights are the big tensors here, so every pass over them counts. As in
         ``_causal_attention``, query blocks skip the all-masked scores (a quarter of them at seq 256);
         1/sqrt(d) is applied to q, and dropout's 1/(1 - p) to the output (both head_dim wide, not seq);
-        the mask is filled in place. The softmax runs in float32 whatever q's dtype (under bf16
-        autocast the scores come out in bfloat16), as fused attention kernels keep scores in float32."""
+        the weights are ``_masked_softmax``'s, shared with ``attention_probabilities``."""
         seq = q.shape[-2]
         q = q * (1.0 / math.sqrt(self.head_dim))
         mask = self._mask(seq)
         outs = []
         for a in range(0, seq, _CAUSAL_QUERY_BLOCK):
             b = min(a + _CAUSAL_QUERY_BLOCK, seq)
-            scores = torch.matmul(q[..., a:b, :], k[..., :b, :].transpose(-2, -1)).float()
-            scores = scores.masked_fill_(~mask[a:b, :b], float("-inf"))  # (..., heads, b - a, b)
-            probabilities = softmax(scores, dim=-1)
+            probabilities = _masked_softmax(q[..., a:b, :], k[..., :b, :], mask[a:b, :b])  # (..., b - a, b)
             kept = probabilities * keep_mask(probabilities, p_drop)
             outs.append(torch.matmul(kept.to(v.dtype), v[..., :b, :]))
         return torch.cat(outs, dim=-2) * (1.0 / (1.0 - p_drop))  # (..., heads, seq, head_dim)
-
-    def _causal_probabilities(self, q: Tensor, k: Tensor) -> Tensor:
-        """softmax(q k^T / sqrt(d)) under the causal mask, with our softmax (differentiable):
-        q, k (..., heads, seq, head_dim) -> (..., heads, seq, seq), rows summing to 1."""
-        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
-        scores = scores.masked_fill(~self._mask(q.shape[-2]), float("-inf"))
-        return softmax(scores, dim=-1)
 
     def _queries_keys(
         self, x: Tensor, token_positions: Tensor | None, start: int = 0
@@ -289,8 +289,9 @@ class MultiHeadSelfAttention(nn.Module):
         For looking inside the model (attention entropy, attention maps): neither the fused kernel nor
         our blocked training path keeps the whole matrix, so it is made here, in float32, with the same
         projections, rotation and mask as ``forward``."""
-        q, k = self._queries_keys(x, token_positions)
-        return self._causal_probabilities(q.float(), k.float())
+        q, k = self._queries_keys(x, token_positions)  # (..., heads, seq, head_dim) each
+        q = q.float() * (1.0 / math.sqrt(self.head_dim))
+        return _masked_softmax(q, k.float(), self._mask(q.shape[-2]))
 
     def _forward_cached(self, x: Tensor, token_positions: Tensor | None, kv_cache: KVCache) -> Tensor:
         start, seq = kv_cache.length, x.shape[-2]
