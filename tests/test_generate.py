@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_llm.export import export_model
-from lit_llm.generate import _TextStream, generate, generate_ids, generate_samples
+from lit_llm.generate import _TextStream, decoding_layout, generate, generate_ids, generate_samples
 from tests.tiny_lm import EOT, SMALL_MERGES, byte_tokenizer, one_thread, tiny_model  # noqa: F401  (autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +44,30 @@ def test_greedy_with_cache_equals_without_past_the_context(variant: dict) -> Non
         assert ids.shape == (3, 40)
         for row in ids.tolist():  # every sample of a greedy batch is the same sequence
             assert row == expected
+
+
+def test_decoding_layout_changes_only_strides_and_gives_the_original_tensors_back() -> None:
+    model = tiny_model(tie_embeddings=True)  # the tied table is one weight, relaid out once
+    before = {name: (p, p.data_ptr(), p.data.clone()) for name, p in model.named_parameters()}
+    with decoding_layout(model):
+        for name, p in model.named_parameters():
+            param, _, values = before[name]
+            assert p is param and p.dtype == torch.float32
+            assert torch.equal(p, values)  # a copy: the same values
+            if p.dim() == 2:  # the Linear weights, and the table (tied: it is lm_head's weight)
+                assert p.t().is_contiguous()  # column-major: W.t() is the contiguous (in, out) operand
+    for stop_after in (None, 2):  # run to the end, and stopped early (the generator is closed)
+        steps = generate_ids(model, [1, 2], max_new_tokens=5, temperature=0)
+        for i, _ in enumerate(steps):
+            if i == stop_after:
+                steps.close()
+                break
+        for name, p in model.named_parameters():
+            param, data, values = before[name]
+            assert p is param and p.data_ptr() == data and p.is_contiguous() and torch.equal(p, values)
+    half = tiny_model().to(torch.bfloat16)  # left alone: its kernel prefers the row-major layout
+    with decoding_layout(half):
+        assert all(p.is_contiguous() for p in half.parameters())
 
 
 def test_a_prompt_of_exactly_the_context_length_works_and_a_longer_one_fails() -> None:
