@@ -58,10 +58,17 @@ def decoding_layout(model: torch.nn.Module) -> Iterator[None]:
     callback) has exactly its own parameters again for autograd, the optimizer and any wrapper. The
     cost: a copy of those weights while decoding, and ~20 ms to make it.
     """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed or getattr(model, "_compiled_call_impl", None) is not None:
+        yield  # a wrapper (DDP, FSDP) or a compiled graph may depend on the layout: leave it be
+        return
     weights = {  # by id: a tied weight once
         id(m.weight): m.weight
         for m in model.modules()
-        if isinstance(m, Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+        if isinstance(m, Linear)
+        and type(m.weight.data) is torch.Tensor  # not a DTensor or another subclass
+        and m.weight.device.type == "cpu"
+        and m.weight.dtype == torch.float32
     }
     originals = {key: w.data for key, w in weights.items()}
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even inside generation

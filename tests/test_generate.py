@@ -66,8 +66,11 @@ def test_decoding_layout_changes_only_strides_and_gives_the_original_tensors_bac
             param, data, values = before[name]
             assert p is param and p.data_ptr() == data and p.is_contiguous() and torch.equal(p, values)
     half = tiny_model().to(torch.bfloat16)  # left alone: its kernel prefers the row-major layout
-    with decoding_layout(half):
-        assert all(p.is_contiguous() for p in half.parameters())
+    compiled = tiny_model()
+    compiled.compile()  # left alone: its graphs were (or will be) made for the layout it has
+    for untouched in (half, compiled):
+        with decoding_layout(untouched):
+            assert all(p.is_contiguous() for p in untouched.parameters())
 
 
 def test_a_prompt_of_exactly_the_context_length_works_and_a_longer_one_fails() -> None:
