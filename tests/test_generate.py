@@ -46,16 +46,26 @@ def test_greedy_with_cache_equals_without_past_the_context(variant: dict) -> Non
             assert row == expected
 
 
-def test_decoding_layout_changes_only_strides_and_gives_the_original_tensors_back() -> None:
+def test_decoding_layout_keeps_the_values_and_gives_the_original_tensors_back() -> None:
     model = tiny_model(tie_embeddings=True)  # the tied table is one weight, relaid out once
     before = {name: (p, p.data_ptr(), p.data.clone()) for name, p in model.named_parameters()}
+    tokens = torch.tensor([[3, 70, 101, 4, 200, 9]])
+    with torch.inference_mode():
+        expected = model(tokens)
     with decoding_layout(model):
         for name, p in model.named_parameters():
             param, _, values = before[name]
             assert p is param and p.dtype == torch.float32
             assert torch.equal(p, values)  # a copy: the same values
             if p.dim() == 2:  # the Linear weights, and the table (tied: it is lm_head's weight)
-                assert p.t().is_contiguous()  # column-major: W.t() is the contiguous (in, out) operand
+                assert p.stride(0) == 1  # column-major: W.t() reads along contiguous rows
+        attention, ffn = model.layers[0].attn, model.layers[0].ffn
+        assert attention.fused_qkv.shape == (attention.d_model, 3 * attention.d_model)
+        assert attention.q_proj.weight.data_ptr() == attention.fused_qkv.data_ptr()  # a view of it
+        assert ffn.fused_w13.shape == (ffn.w1.in_features, 2 * ffn.w1.out_features)
+        with torch.inference_mode():
+            torch.testing.assert_close(model(tokens), expected)  # one GEMM instead of three: rounding
+    assert attention.fused_qkv is None and ffn.fused_w13 is None
     for stop_after in (None, 2):  # run to the end, and stopped early (the generator is closed)
         steps = generate_ids(model, [1, 2], max_new_tokens=5, temperature=0)
         for i, _ in enumerate(steps):
@@ -65,12 +75,14 @@ def test_decoding_layout_changes_only_strides_and_gives_the_original_tensors_bac
         for name, p in model.named_parameters():
             param, data, values = before[name]
             assert p is param and p.data_ptr() == data and p.is_contiguous() and torch.equal(p, values)
+        assert attention.fused_qkv is None and ffn.fused_w13 is None
     half = tiny_model().to(torch.bfloat16)  # left alone: its kernel prefers the row-major layout
     compiled = tiny_model()
     compiled.compile()  # left alone: its graphs were (or will be) made for the layout it has
     for untouched in (half, compiled):
         with decoding_layout(untouched):
             assert all(p.is_contiguous() for p in untouched.parameters())
+            assert untouched.layers[0].attn.fused_qkv is None
 
 
 def test_a_prompt_of_exactly_the_context_length_works_and_a_longer_one_fails() -> None:

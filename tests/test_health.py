@@ -101,7 +101,7 @@ def test_residual_entropy_and_logit_health_come_from_the_step_batch() -> None:
         hidden = model.token_embeddings(x)
         for i, layer in enumerate(model.layers):
             normed = layer.ln1(hidden)
-            q, k = layer.attn._queries_keys(normed, None)
+            q, k, _ = layer.attn._queries_keys_values(normed, None)
             scores = q @ k.transpose(-2, -1) / math.sqrt(layer.attn.head_dim)
             causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()
             probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
@@ -146,7 +146,7 @@ def test_trace_attention_weights_are_those_the_layer_applies(attn_impl: str, pos
     for layer, weights, residual in zip(model.layers, trace.attention, trace.residuals, strict=True):
         attn = layer.attn
         normed = layer.ln1(hidden)
-        q, k = attn._queries_keys(normed, None)
+        q, k, _ = attn._queries_keys_values(normed, None)
         v = attn._split_heads(attn.v_proj(normed))
         expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         torch.testing.assert_close(weights @ v, expected, rtol=1e-4, atol=1e-5)

@@ -169,6 +169,11 @@ class MultiHeadSelfAttention(nn.Module):
     cache for generation can rotate new queries at their true positions and attend over stored keys.
     """
 
+    # Linears that read the same input, and the attribute that may hold their weights side by side,
+    # (d_model, 3 d_model), for one GEMM instead of three: set only while decoding, by
+    # ``lit_llm.generate.decoding_layout`` (None otherwise: training always uses the Parameters).
+    fusable_projections = {"fused_qkv": ("q_proj", "k_proj", "v_proj")}
+
     def __init__(
         self,
         d_model: int,
@@ -199,6 +204,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.fused_qkv: Tensor | None = None  # see `fusable_projections`
         self.rope = (
             RotaryEmbedding(theta, self.head_dim, max_seq_len, device=device) if theta is not None else None
         )
@@ -230,8 +236,7 @@ class MultiHeadSelfAttention(nn.Module):
         """
         if kv_cache is not None:
             return self._forward_cached(x, token_positions, kv_cache)
-        q, k = self._queries_keys(x, token_positions)  # (..., heads, seq, head_dim) each
-        v = self._split_heads(self.v_proj(x))
+        q, k, v = self._queries_keys_values(x, token_positions)  # (..., heads, seq, head_dim) each
         p_drop = self.dropout if self.training else 0.0
         if p_drop > 0.0 and (self.attn_impl == "naive" or q.device.type == "cpu"):
             # On a CPU, F.scaled_dot_product_attention has no fused kernel with dropout: it falls back
@@ -266,19 +271,23 @@ class MultiHeadSelfAttention(nn.Module):
             outs.append(torch.matmul(kept.to(v.dtype), v[..., :b, :]))
         return torch.cat(outs, dim=-2) * (1.0 / (1.0 - p_drop))  # (..., heads, seq, head_dim)
 
-    def _queries_keys(
+    def _queries_keys_values(
         self, x: Tensor, token_positions: Tensor | None, start: int = 0
-    ) -> tuple[Tensor, Tensor]:
-        """q and k of ``x`` (..., seq, d_model), split into heads and rotated at their positions
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k and v of ``x`` (..., seq, d_model), split into heads, q and k rotated at their positions
         (None: start..start+seq-1, a slice of the rotation table, no gather): (..., heads, seq,
-        head_dim) each."""
-        q = self._split_heads(self.q_proj(x))
-        k = self._split_heads(self.k_proj(x))
+        head_dim) each. While decoding, ``fused_qkv`` (set by ``generate.decoding_layout``) makes the
+        three projections one GEMM: one read of the three weights instead of three calls."""
+        if self.fused_qkv is not None:
+            q, k, v = torch.matmul(x, self.fused_qkv).split(self.d_model, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         if self.rope is not None:
             pos = None if token_positions is None else token_positions.unsqueeze(-2)  # (..., 1, seq)
             q = self.rope(q, pos, start)
             k = self.rope(k, pos, start)
-        return q, k
+        return q, k, v
 
     @torch.no_grad()
     def attention_probabilities(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
@@ -289,7 +298,7 @@ class MultiHeadSelfAttention(nn.Module):
         For looking inside the model (attention entropy, attention maps): neither the fused kernel nor
         our blocked training path keeps the whole matrix, so it is made here, in float32, with the same
         projections, rotation and mask as ``forward``."""
-        q, k = self._queries_keys(x, token_positions)  # (..., heads, seq, head_dim) each
+        q, k, _ = self._queries_keys_values(x, token_positions)  # (..., heads, seq, head_dim) each
         q = q.float() * (1.0 / math.sqrt(self.head_dim))
         return _masked_softmax(q, k.float(), self._mask(q.shape[-2]))
 
@@ -300,8 +309,7 @@ class MultiHeadSelfAttention(nn.Module):
                 f"batch of {x.shape[0]} but the KV cache holds {kv_cache.batch_size} sequences "
                 "(only the first chunk, before anything is cached, may be a shared batch of 1)"
             )
-        q, k = self._queries_keys(x, token_positions, start)  # (batch, heads, seq, head_dim) each
-        v = self._split_heads(self.v_proj(x))
+        q, k, v = self._queries_keys_values(x, token_positions, start)  # (batch, heads, seq, head_dim)
         keys, values = kv_cache.append(k, v)  # (batch, heads, start + seq, head_dim)
         if start == 0:
             # Nothing cached before: plain causal attention over this chunk (keeps a shared batch of 1).

@@ -297,6 +297,10 @@ def silu_gate(a: Tensor, b: Tensor) -> Tensor:
 class SwiGLU(nn.Module):
     """The gated feed-forward network ``w2(silu(w1 x) * w3 x)`` (Shazeer, 2020)."""
 
+    # w1 and w3 read the same input: while decoding, ``lit_llm.generate.decoding_layout`` may set
+    # ``fused_w13`` to their weights side by side, (d_model, 2 d_ff), for one GEMM instead of two.
+    fusable_projections = {"fused_w13": ("w1", "w3")}
+
     def __init__(
         self,
         d_model: int,
@@ -308,9 +312,13 @@ class SwiGLU(nn.Module):
         self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
         self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
         self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.fused_w13: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
+        if self.fused_w13 is not None:
+            a, b = torch.matmul(x, self.fused_w13).chunk(2, dim=-1)
+            return self.w2(silu_gate(a, b))
         return self.w2(silu_gate(self.w1(x), self.w3(x)))
 
 
