@@ -37,17 +37,27 @@ BASE = dict(
 
 
 class _RefRoPE(nn.Module):
-    """RoPE as Llama's reference code writes it: adjacent pairs as complex numbers times e^{i angle}."""
+    """RoPE as Llama's reference code writes it: adjacent pairs as complex numbers times e^{i angle}.
+
+    Under ``torch.compile`` the same rotation in real arithmetic (as HF's Llama writes it, and as ours
+    does there): Inductor generates no code for complex ops, and a reference left falling back to eager
+    kernels would flatter our compiled figures."""
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
         super().__init__()
         inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
         self.register_buffer("freqs_cis", torch.polar(torch.ones_like(angles), angles).to(torch.complex64))
+        self.register_buffer("cos", angles.cos().float())  # (max_seq_len, head_dim / 2)
+        self.register_buffer("sin", angles.sin().float())
 
     def forward(self, x: Tensor) -> Tensor:  # (b, h, s, d)
-        z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
-        return torch.view_as_real(z * self.freqs_cis[: x.shape[-2]]).flatten(-2)
+        pairs = x.reshape(*x.shape[:-1], -1, 2)
+        if torch.compiler.is_compiling():
+            a, b = pairs.unbind(-1)
+            cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
+            return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+        return torch.view_as_real(torch.view_as_complex(pairs) * self.freqs_cis[: x.shape[-2]]).flatten(-2)
 
 
 class _RefBlock(nn.Module):
