@@ -11,8 +11,9 @@ same tokens: the count of agreeing tokens is printed (float rounding may flip a 
 Decoding one token at batch 1 reads every weight matrix once (all parameters but the embedding table,
 of which one row is read), so memory bandwidth bounds it: the limit printed is the measured read
 bandwidth (a sum over a 256 MB tensor, best of 5) divided by those bytes, and each generator's
-fraction of it. (Ours decodes with its float32 weights stored column-major, ``generate.decoding_layout``:
-MKL's one-row GEMM reads that layout faster.) Ours with ``bfloat16`` weights (``model.to(torch.bfloat16)``)
+fraction of it. (Ours decodes with a copy of its float32 weights transposed and cut into one block of
+columns per thread, ``generate.decoding_layout``: ``torch.bmm`` reads the blocks on every thread at once,
+where MKL's one-row GEMM reads on one.) Ours with ``bfloat16`` weights (``model.to(torch.bfloat16)``)
 is reported on its own line: half the bytes, but its greedy tokens may differ from float32's.
 
     python -m benchmarks.bench_generate [--rounds 3] [--new-tokens 256] [--threads N]

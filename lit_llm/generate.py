@@ -31,7 +31,7 @@ from torch import Tensor
 
 from lit_llm import cli
 from lit_llm.model import TransformerLM
-from lit_llm.model.layers import Linear
+from lit_llm.model.layers import Linear, column_blocks
 from lit_llm.sampling import check_sampling_args, sample_next
 from tokenizer.files import EOT, InvalidUTF8Error
 from tokenizer.tokenizer import Tokenizer
@@ -43,24 +43,25 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 @contextmanager
 def decoding_layout(model: torch.nn.Module) -> Iterator[None]:
-    """On a CPU, the float32 weights of ``model``'s ``Linear`` layers laid out for decoding meanwhile:
-    column-major, and those that read the same input side by side in one matrix.
+    """On a CPU, a copy of the float32 weights of ``model``'s ``Linear`` layers laid out for decoding
+    meanwhile: transposed, cut into one block of columns per thread, and those that read the same
+    input side by side.
 
     Why: a decoding step multiplies one row vector by every weight matrix (a GEMM with M = 1), which
-    is bound by reading the weights from memory. ``Linear`` computes ``x @ W.t()``; with ``W`` stored
-    row-major, ``W.t()`` is a transposed operand, which MKL's M = 1 path reads at ~16 GB/s here, against
-    ~27 GB/s for an (in, out)-contiguous one. Storing ``W`` column-major makes ``W.t()`` that operand:
-    same values, same shapes, only the strides change. Modules whose projections read one input
-    (``fusable_projections``: attention's q, k, v; SwiGLU's w1, w3) get those weights as column blocks
-    of one (in, sum of outs) matrix, so one GEMM does the three (two) of them; the Parameters become
-    views of it. On the TinyStories base model a decoding step goes from 5.7 ms to 4.3 ms with the
-    layout and to 3.4 ms with the fusions too (2 cores; ``benchmarks/bench_generate.py`` compares
-    the whole decoder with Hugging Face's). (``bfloat16`` weights go through another kernel, which
-    this layout slows down: they are left alone.)
+    is bound by reading the weights from memory. With ``W`` stored row-major (as trained), MKL reads
+    ``W.t()`` at ~16 GB/s here, and even an (in, out)-contiguous operand at ~25-35 GB/s on one thread
+    only, whatever the thread count. ``layers.column_blocks`` stores W^T as one contiguous block of
+    columns per thread, which ``torch.bmm`` streams on all threads at once (each output column is the
+    same dot product). Modules whose projections read one input (``fusable_projections``: attention's
+    q, k, v; SwiGLU's w1, w3) get their weights side by side in one such copy, so one GEMM does the
+    three (two) of them. On the TinyStories base model (2 cores) a decoding step went from 5.7 ms
+    (row-major) to 4.3 ms (column-major), 3.4 ms (fused) and ~2.6 ms (blocks per thread);
+    ``benchmarks/bench_generate.py`` compares the whole decoder with Hugging Face's. (``bfloat16``
+    weights go through another kernel: they are left alone.)
 
-    Everything is put back on exit, so a model that is being trained (samples drawn by a callback)
-    has exactly its own parameter tensors again for autograd, the optimizer and any wrapper. The cost:
-    a copy of those weights while decoding, and ~20 ms to make it.
+    The Parameters themselves are not touched, and the copies are dropped on exit, so a model that is
+    being trained (samples drawn by a callback) trains on exactly what it had. The cost: a copy of
+    those weights while decoding, and ~15-20 ms to make it.
     """
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed or getattr(model, "_compiled_call_impl", None) is not None:
@@ -70,33 +71,27 @@ def decoding_layout(model: torch.nn.Module) -> Iterator[None]:
     def eligible(w: Tensor) -> bool:  # not a DTensor or another subclass; CPU float32
         return type(w.data) is torch.Tensor and w.device.type == "cpu" and w.dtype == torch.float32
 
-    originals: dict[int, tuple[Tensor, Tensor]] = {}  # id -> (Parameter, its own data); tied: once
-    fused: list[tuple[torch.nn.Module, str]] = []
+    parts = torch.get_num_threads()
+    laid_out: list[tuple[torch.nn.Module, str]] = []  # (module, attribute) to reset on exit
+    fused: set[torch.nn.Module] = set()  # Linears whose weight is in a fused copy
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even inside generation
         for module in model.modules():
             for attr, names in getattr(module, "fusable_projections", {}).items():
-                weights = [getattr(module, name).weight for name in names]
-                if not all(map(eligible, weights)) or any(id(w) in originals for w in weights):
+                linears = [getattr(module, name) for name in names]
+                if not all(eligible(m.weight) for m in linears):
                     continue
-                side_by_side = torch.cat([w.t() for w in weights], dim=1)  # (in, sum of outs)
-                start = 0
-                for w in weights:  # each weight: its column block, (out, in) with column-major strides
-                    originals[id(w)] = (w, w.data)
-                    w.data = side_by_side[:, start : start + w.shape[0]].t()
-                    start += w.shape[0]
-                setattr(module, attr, side_by_side)
-                fused.append((module, attr))
+                setattr(module, attr, column_blocks([m.weight for m in linears], parts))
+                laid_out.append((module, attr))
+                fused.update(linears)
         for m in model.modules():
-            if isinstance(m, Linear) and eligible(m.weight) and id(m.weight) not in originals:
-                originals[id(m.weight)] = (m.weight, m.weight.data)
-                m.weight.data = m.weight.data.t().contiguous().t()
+            if isinstance(m, Linear) and m not in fused and eligible(m.weight):
+                m.column_blocks = column_blocks([m.weight], parts)
+                laid_out.append((m, "column_blocks"))
     try:
         yield
     finally:
-        for module, attr in fused:
+        for module, attr in laid_out:
             setattr(module, attr, None)
-        for w, data in originals.values():
-            w.data = data
 
 
 @torch.inference_mode()

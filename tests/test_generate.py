@@ -14,6 +14,7 @@ import torch
 
 from lit_llm.export import export_model
 from lit_llm.generate import _TextStream, decoding_layout, generate, generate_ids, generate_samples
+from lit_llm.model.layers import Linear, column_blocks, matmul_column_blocks
 from tests.tiny_lm import EOT, SMALL_MERGES, byte_tokenizer, one_thread, tiny_model  # noqa: F401  (autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,43 +47,79 @@ def test_greedy_with_cache_equals_without_past_the_context(variant: dict) -> Non
             assert row == expected
 
 
-def test_decoding_layout_keeps_the_values_and_gives_the_original_tensors_back() -> None:
-    model = tiny_model(tie_embeddings=True)  # the tied table is one weight, relaid out once
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_column_blocks_hold_the_transposed_weights_and_multiply_like_them(parts: int) -> None:
+    torch.manual_seed(0)
+    weights = [torch.randn(7, 5), torch.randn(4, 5)]  # 11 outputs: 3 blocks of 4 pad one column
+    blocks = column_blocks(weights, parts)
+    cols = -(-11 // parts)
+    assert blocks.shape == (parts, 5, cols) and blocks.is_contiguous()
+    side_by_side = torch.cat([w.t() for w in weights], dim=1)  # (5, 11)
+    laid_out = blocks.transpose(0, 1).reshape(5, parts * cols)
+    assert torch.equal(laid_out[:, :11], side_by_side)  # a copy of the same numbers
+    assert not laid_out[:, 11:].any()  # the padding is zeros
+    for shape in [(1, 1, 5), (3, 5), (2, 6, 5)]:  # one decoding row, a flat batch, a prompt chunk
+        x = torch.randn(shape)
+        y = matmul_column_blocks(x, blocks, 11)
+        assert y.shape == (*shape[:-1], 11)
+        torch.testing.assert_close(y, x @ side_by_side)  # another GEMM split: rounding only
+
+
+def test_decoding_layout_copies_the_weights_and_leaves_the_parameters_alone() -> None:
+    model = tiny_model(tie_embeddings=True)  # lm_head's weight is the table: laid out once, as a Linear
     before = {name: (p, p.data_ptr(), p.data.clone()) for name, p in model.named_parameters()}
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
     tokens = torch.tensor([[3, 70, 101, 4, 200, 9]])
     with torch.inference_mode():
         expected = model(tokens)
-    with decoding_layout(model):
+
+    def parameters_untouched() -> None:
         for name, p in model.named_parameters():
-            param, _, values = before[name]
-            assert p is param and p.dtype == torch.float32
-            assert torch.equal(p, values)  # a copy: the same values
-            if p.dim() == 2:  # the Linear weights, and the table (tied: it is lm_head's weight)
-                assert p.stride(0) == 1  # column-major: W.t() reads along contiguous rows
-        attention, ffn = model.layers[0].attn, model.layers[0].ffn
-        assert attention.fused_qkv.shape == (attention.d_model, 3 * attention.d_model)
-        assert attention.q_proj.weight.data_ptr() == attention.fused_qkv.data_ptr()  # a view of it
-        assert ffn.fused_w13.shape == (ffn.w1.in_features, 2 * ffn.w1.out_features)
-        with torch.inference_mode():
-            torch.testing.assert_close(model(tokens), expected)  # one GEMM instead of three: rounding
-    assert attention.fused_qkv is None and ffn.fused_w13 is None
+            param, data, values = before[name]
+            assert p is param and p.data_ptr() == data and p.is_contiguous() and torch.equal(p, values)
+
+    def nothing_laid_out() -> None:
+        assert all(m.column_blocks is None for m in linears)
+        assert attention.fused_qkv is None and ffn.fused_w13 is None
+
+    attention, ffn = model.layers[0].attn, model.layers[0].ffn
+    for threads in (1, 2):
+        torch.set_num_threads(threads)  # one block of columns per thread (the fixture restores one)
+        with decoding_layout(model):
+            parameters_untouched()
+            d, f = attention.d_model, ffn.w1.out_features
+            assert attention.fused_qkv.shape == (threads, d, -(-3 * d // threads))
+            assert ffn.fused_w13.shape == (threads, d, -(-2 * f // threads))
+            assert attention.q_proj.column_blocks is None  # in the fused copy instead
+            assert model.lm_head.column_blocks.shape[0] == threads
+            assert ffn.w2.column_blocks is not None and attention.output_proj.column_blocks is not None
+            with torch.inference_mode():
+                torch.testing.assert_close(model(tokens), expected)  # another GEMM split: rounding
+        nothing_laid_out()
+        parameters_untouched()
     for stop_after in (None, 2):  # run to the end, and stopped early (the generator is closed)
         steps = generate_ids(model, [1, 2], max_new_tokens=5, temperature=0)
         for i, _ in enumerate(steps):
             if i == stop_after:
                 steps.close()
                 break
-        for name, p in model.named_parameters():
-            param, data, values = before[name]
-            assert p is param and p.data_ptr() == data and p.is_contiguous() and torch.equal(p, values)
-        assert attention.fused_qkv is None and ffn.fused_w13 is None
-    half = tiny_model().to(torch.bfloat16)  # left alone: its kernel prefers the row-major layout
+        parameters_untouched()
+        nothing_laid_out()
+    half = tiny_model().to(torch.bfloat16)  # left alone: its kernel is another one
     compiled = tiny_model()
-    compiled.compile()  # left alone: its graphs were (or will be) made for the layout it has
+    compiled.compile()  # left alone: its graphs were (or will be) made for the model as it is
     for untouched in (half, compiled):
         with decoding_layout(untouched):
-            assert all(p.is_contiguous() for p in untouched.parameters())
-            assert untouched.layers[0].attn.fused_qkv is None
+            assert untouched.layers[0].attn.fused_qkv is None and untouched.lm_head.column_blocks is None
+
+
+def test_greedy_decoding_on_several_threads_equals_the_definition() -> None:
+    """The layout depends on the thread count (a block of columns per thread): tokens must not."""
+    model = tiny_model()
+    prompt = [3, 70, 101, 4, 200]
+    expected = reference_greedy(model, prompt, 20)
+    torch.set_num_threads(3)
+    assert run_ids(model, prompt, max_new_tokens=20, temperature=0)[0].tolist() == expected
 
 
 def test_a_prompt_of_exactly_the_context_length_works_and_a_longer_one_fails() -> None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_llm.model.layers import Linear, RotaryEmbedding, keep_mask, softmax
+from lit_llm.model.layers import Linear, RotaryEmbedding, keep_mask, matmul_column_blocks, softmax
 
 # Scores are materialised this many (query, key) entries at a time (8 MB in float32): a block stays in
 # cache, and the allocator recycles it, where one (batch, heads, seq, seq) tensor would be fresh pages
@@ -116,8 +116,10 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        self.k = torch.zeros(batch_size, num_heads, max_len, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
+        # Uninitialised: only the first ``length`` positions are ever read, and zeroing fresh memory
+        # would fault in every page before the first step instead of as the cache fills.
+        self.k = torch.empty(batch_size, num_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
         self.length = 0  # tokens stored; the next token's position
 
     @property
@@ -170,7 +172,7 @@ class MultiHeadSelfAttention(nn.Module):
     """
 
     # Linears that read the same input, and the attribute that may hold their weights side by side,
-    # (d_model, 3 d_model), for one GEMM instead of three: set only while decoding, by
+    # ``column_blocks`` of (d_model, 3 d_model), for one GEMM instead of three: set only while decoding, by
     # ``lit_llm.generate.decoding_layout`` (None otherwise: training always uses the Parameters).
     fusable_projections = {"fused_qkv": ("q_proj", "k_proj", "v_proj")}
 
@@ -279,7 +281,7 @@ class MultiHeadSelfAttention(nn.Module):
         head_dim) each. While decoding, ``fused_qkv`` (set by ``generate.decoding_layout``) makes the
         three projections one GEMM: one read of the three weights instead of three calls."""
         if self.fused_qkv is not None:
-            q, k, v = torch.matmul(x, self.fused_qkv).split(self.d_model, dim=-1)
+            q, k, v = matmul_column_blocks(x, self.fused_qkv, 3 * self.d_model).split(self.d_model, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
