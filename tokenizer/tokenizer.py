@@ -343,11 +343,6 @@ class Tokenizer:
     def _pair_table(self) -> PairTable:
         return PairTable(self._encoder, self._ranks)
 
-    def prepare_bulk_encoding(self) -> None:
-        """Build the batched merge's pair table now (~0.2 s), so that cache misses are merged together
-        from the first one: for a large input, and before forking workers, which then share it."""
-        self._pair_table  # noqa: B018 - a cached property: reading it builds it
-
     def _special_res(
         self, allowed: AllowedSpecial, text: str | None = None
     ) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
