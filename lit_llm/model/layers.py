@@ -24,8 +24,9 @@ def _trunc_normal_(weight: Tensor, std: float) -> Tensor:
 
 def column_blocks(weights: Sequence[Tensor], parts: int) -> Tensor:
     """The transposes of ``weights`` (each (out_i, in), as ``Linear`` stores them) side by side, W^T of
-    shape (in, sum of out_i), with its columns cut into ``parts`` blocks: (parts, in, ceil(out / parts)),
-    contiguous, the last block zero-padded. The layout ``matmul_column_blocks`` reads.
+    shape (in, out = sum of out_i), with its columns cut into ``parts`` blocks (at most ``out``):
+    (parts, in, ceil(out / parts)), contiguous, zero-padded at the end. The layout
+    ``matmul_column_blocks`` reads.
 
     Why: decoding multiplies one row vector by each weight matrix, which only reads memory. MKL runs
     that one-row GEMM on one thread (~25-35 GB/s here, whatever the thread count), while ``torch.bmm``
@@ -36,9 +37,11 @@ def column_blocks(weights: Sequence[Tensor], parts: int) -> Tensor:
     """
     inp = weights[0].shape[1]
     out = sum(w.shape[0] for w in weights)
+    parts = max(1, min(parts, out))  # at most one block per column
     cols = -(-out // parts)  # ceil
     blocks = weights[0].new_empty(parts, inp, cols)
-    blocks[-1, :, out - (parts - 1) * cols :] = 0  # the padding, if any
+    for part in range(out // cols, parts):  # the padding: W^T's columns out .. parts * cols - 1
+        blocks[part, :, max(out - part * cols, 0) :] = 0
     start = 0  # the column of W^T where the current weight begins
     for w in weights:
         end = start + w.shape[0]
