@@ -98,6 +98,13 @@ def test_decoding_layout_copies_the_weights_and_leaves_the_parameters_alone() ->
                 torch.testing.assert_close(model(tokens), expected)  # another GEMM split: rounding
         nothing_laid_out()
         parameters_untouched()
+    model(tokens).square().mean().backward()
+    expected_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    with decoding_layout(model):  # a training forward meanwhile (autograd on) uses the Parameters
+        model(tokens).square().mean().backward()
+    for name, p in model.named_parameters():  # the same ops on the same tensors as above
+        assert torch.equal(p.grad, expected_grads[name]), name
     for stop_after in (None, 2):  # run to the end, and stopped early (the generator is closed)
         steps = generate_ids(model, [1, 2], max_new_tokens=5, temperature=0)
         for i, _ in enumerate(steps):

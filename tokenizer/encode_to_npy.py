@@ -5,12 +5,13 @@ How (and why):
 * The file is cut into byte ranges of about ``chunk_bytes`` at *safe* cuts, where encoding the two
   sides apart gives the ids of the whole (``tokenizer.pretokenize.chunk_ranges``: white space after a
   non-space character, never inside a special token), the chunks BPE training counts too.
-* The ranges are dealt round-robin to ``num_workers`` processes: this one takes range 0, k, 2k, ...,
-  forked workers (``tokenizer.pretokenize.Workers``) the others. Each reads and encodes its own ranges
-  (only offsets travel) and sends the ids back as raw uint16/uint32 bytes through its pipe.
-* This process writes the results in file order, straight after a ``.npy`` header whose length field
-  is fixed once the token count is known. It reads from one worker at a time, so a worker that is
-  ahead waits in its pipe with one chunk's ids: neither the text nor the array is ever held whole.
+* The ranges are dealt round-robin to ``num_workers`` forked processes (``tokenizer.pretokenize.Workers``:
+  worker i takes ranges i, i + k, i + 2k, ...; with one worker, this process encodes them itself).
+  Each reads and encodes its own ranges (only offsets travel) and sends the ids back as raw
+  uint16/uint32 bytes through its pipe.
+* This process only writes the results, in file order, straight after a ``.npy`` header whose length
+  field is fixed once the token count is known. It reads from one worker at a time, so a worker that
+  is ahead waits with a chunk's ids in its pipe: neither the text nor the array is ever held whole.
   Everything goes to a temporary name in the output's folder and is renamed at the end.
 * ``<output stem>.meta.json`` (``train.npy`` -> ``train.meta.json``) is written after the array,
   so its presence means the array is complete; it records what produced the array (tokenizer hash,

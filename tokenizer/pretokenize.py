@@ -219,9 +219,10 @@ class Workers:
     ``os._exit``, so that none of the parent's clean-up (atexit, pytest's) runs twice. The parent
     reads worker ``i``'s next message with ``receive(i)`` (``None`` once it has finished; an exception
     raised in the worker is raised again there) and asks which workers have one waiting with
-    ``ready(timeout)``. A pipe holds 64 KiB, so a worker that gets ahead of the parent waits in
-    ``send``: that bounds memory without any further bookkeeping. Leaving the ``with`` block kills
-    the workers that have not finished (which happens only after an error) and reaps them all.
+    ``ready(timeout)``. A pipe holds 1 MiB (``PIPE_BYTES``, where Linux allows), so a worker that gets
+    ahead of the parent waits in ``send``: that bounds memory without any further bookkeeping. Leaving
+    the ``with`` block kills the workers that have not finished (which happens only after an error)
+    and reaps them all.
 
     Plain ``os.fork`` and pipes rather than ``multiprocessing`` or ``concurrent.futures``: their
     imports (ctypes, sockets, ...) cost about 4 MB, paid again in every worker, and a forked worker

@@ -280,7 +280,7 @@ class MultiHeadSelfAttention(nn.Module):
         (None: start..start+seq-1, a slice of the rotation table, no gather): (..., heads, seq,
         head_dim) each. While decoding, ``fused_qkv`` (set by ``generate.decoding_layout``) makes the
         three projections one GEMM: one read of the three weights instead of three calls."""
-        if self.fused_qkv is not None:
+        if self.fused_qkv is not None and not torch.is_grad_enabled():  # decoding, as in Linear.forward
             q, k, v = matmul_column_blocks(x, self.fused_qkv, 3 * self.d_model).split(self.d_model, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)

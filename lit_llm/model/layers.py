@@ -89,7 +89,9 @@ class Linear(nn.Module):
         _trunc_normal_(self.weight, math.sqrt(2.0 / (self.in_features + self.out_features)))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.column_blocks is not None:  # decoding (``generate.decoding_layout``): same values
+        if self.column_blocks is not None and not torch.is_grad_enabled():  # decoding: same values
+            # (With autograd on, ``weight`` itself: a forward for training while a generator still
+            # holds the layout must reach the Parameter.)
             return matmul_column_blocks(x, self.column_blocks, self.out_features)
         # (..., in) @ (in, out) -> (..., out). matmul folds the leading dims into one GEMM, and its
         # backward writes W's gradient straight in W's (out, in) layout: no transposed copies.
@@ -363,7 +365,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        if self.fused_w13 is not None:
+        if self.fused_w13 is not None and not torch.is_grad_enabled():  # decoding, as in Linear
             a, b = matmul_column_blocks(x, self.fused_w13, 2 * self.w1.out_features).chunk(2, dim=-1)
             return self.w2(silu_gate(a, b))
         return self.w2(silu_gate(self.w1(x), self.w3(x)))
