@@ -14,7 +14,7 @@ import torch
 
 from lit_llm.export import export_model
 from lit_llm.generate import _TextStream, decoding_layout, generate, generate_ids, generate_samples
-from lit_llm.model.layers import Linear, column_blocks, matmul_column_blocks
+from lit_llm.model.layers import BLOCK_ROWS, Linear, column_blocks, matmul_column_blocks
 from tests.tiny_lm import EOT, SMALL_MERGES, byte_tokenizer, one_thread, tiny_model  # noqa: F401  (autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +71,8 @@ def test_decoding_layout_copies_the_weights_and_leaves_the_parameters_alone() ->
     before = {name: (p, p.data_ptr(), p.data.clone()) for name, p in model.named_parameters()}
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     tokens = torch.tensor([[3, 70, 101, 4, 200, 9]])
+    wide = torch.arange(80).reshape(5, 16)  # 80 rows > BLOCK_ROWS: the Parameters' own GEMMs, copies or not
+    assert wide.numel() > BLOCK_ROWS
     with torch.inference_mode():
         expected = model(tokens)
 
@@ -86,6 +88,8 @@ def test_decoding_layout_copies_the_weights_and_leaves_the_parameters_alone() ->
     attention, ffn = model.layers[0].attn, model.layers[0].ffn
     for threads in (1, 2):
         torch.set_num_threads(threads)  # one block of columns per thread (the fixture restores one)
+        with torch.inference_mode():
+            expected_wide = model(wide)  # at this thread count, as below
         with decoding_layout(model):
             parameters_untouched()
             d, f = attention.d_model, ffn.w1.out_features
@@ -96,6 +100,7 @@ def test_decoding_layout_copies_the_weights_and_leaves_the_parameters_alone() ->
             assert ffn.w2.column_blocks is not None and attention.output_proj.column_blocks is not None
             with torch.inference_mode():
                 torch.testing.assert_close(model(tokens), expected)  # another GEMM split: rounding
+                assert torch.equal(model(wide), expected_wide)  # the very same ops as without the layout
         nothing_laid_out()
         parameters_untouched()
     model(tokens).square().mean().backward()

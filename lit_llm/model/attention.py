@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_llm.model.layers import Linear, RotaryEmbedding, keep_mask, matmul_column_blocks, softmax
+from lit_llm.model.layers import (
+    Linear,
+    RotaryEmbedding,
+    keep_mask,
+    matmul_column_blocks,
+    softmax,
+    use_column_blocks,
+)
 
 # Scores are materialised this many (query, key) entries at a time (8 MB in float32): a block stays in
 # cache, and the allocator recycles it, where one (batch, heads, seq, seq) tensor would be fresh pages
@@ -280,7 +287,7 @@ class MultiHeadSelfAttention(nn.Module):
         (None: start..start+seq-1, a slice of the rotation table, no gather): (..., heads, seq,
         head_dim) each. While decoding, ``fused_qkv`` (set by ``generate.decoding_layout``) makes the
         three projections one GEMM: one read of the three weights instead of three calls."""
-        if self.fused_qkv is not None and not torch.is_grad_enabled():  # decoding, as in Linear.forward
+        if use_column_blocks(x, self.fused_qkv):  # decoding, as in Linear.forward
             q, k, v = matmul_column_blocks(x, self.fused_qkv, 3 * self.d_model).split(self.d_model, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
