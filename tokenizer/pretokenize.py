@@ -252,11 +252,12 @@ class Workers:
 
     def _fork(self, i: int, work: Callable[[int, Callable[[bytes], None]], None]) -> None:
         read_fd, write_fd = os.pipe()
-        with contextlib.suppress(AttributeError, OSError):  # Linux's F_SETPIPE_SZ, within the user's quota
+        if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux only (fcntl is None on Windows)
             # A pipe of 1 MiB instead of 64 KiB: a worker hands over a whole chunk's ids (~0.6 MB for
             # encode_file's 1.25 MB chunks of a 20 MB file) and goes on while the parent is busy
             # with another worker's, instead of waiting for the parent to drain it.
-            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            with contextlib.suppress(OSError):  # beyond the user's pipe quota: the default size
+                fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         parent = os.getpid()
         pid = os.fork()
         if pid != 0:  # the parent
