@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import pickle
 
@@ -180,6 +181,30 @@ def test_constructor_rejects_bad_vocabularies():
         Tokenizer(_tiny_vocab([b"a"]), [])
     with pytest.raises(ValueError, match=r"merge 0 \(b'a', b'b'\): b'ab' is not an ordinary token"):
         Tokenizer(_tiny_vocab([]), [(b"a", b"b")])
+
+
+def test_encode_leaves_the_garbage_collector_as_it_found_it(monkeypatch):
+    """encode pauses the cyclic collector for its own allocations only, even when it raises."""
+    tok = ours_gpt2()
+    assert gc.isenabled()
+    tok.encode("hello world")
+    assert gc.isenabled()
+    broken = Tokenizer(tok.vocab, tok.merges, tok.special_tokens)
+
+    def fail(*args):
+        assert not gc.isenabled()
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(broken, "_emit", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        broken.encode("hello world")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        tok.encode("hello again")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_cache_stays_bounded_and_results_do_not_change():
