@@ -1,5 +1,5 @@
 """Training speed through `lit_llm.train` (Lightning, as a user runs it) against plain PyTorch loops, in
-the same process, in alternating rounds.
+the same process, in rounds whose order turns (each runner first, second and third once in 3 rounds).
 
 Three ways to do the same training, timed over the same span:
 
@@ -291,8 +291,14 @@ def main() -> None:
             "lit_llm.train": lambda d: lightning_run(config, warmup, d),
         }
         results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runners}
+        names = list(runners)
         for round_ in range(args.rounds):
-            for i, (name, run) in enumerate(runners.items()):
+            # The order turns each round (a Latin square over 3 rounds), so that no runner always has
+            # the same place: on a 2-core VM the plain loop ran 11.4K tokens/s first in its round and
+            # 10.0-10.1K second and third (ablation_base), and it used to always go first.
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
+            for name in order:
+                i, run = names.index(name), runners[name]
                 wall, cpu = run(Path(tmp) / f"run{i}-{round_}")
                 results[name]["wall"].append(tokens / wall)
                 results[name]["cpu"].append(tokens / cpu)
