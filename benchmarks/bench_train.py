@@ -291,14 +291,13 @@ def main() -> None:
             "lit_llm.train": lambda d: lightning_run(config, warmup, d),
         }
         results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runners}
-        names = list(runners)
+        numbered = list(enumerate(runners.items()))
         for round_ in range(args.rounds):
             # The order turns each round (a Latin square over 3 rounds), so that no runner always has
             # the same place: on a 2-core VM the plain loop ran 11.4K tokens/s first in its round and
             # 10.0-10.1K second and third (ablation_base), and it used to always go first.
-            order = names[round_ % len(names) :] + names[: round_ % len(names)]
-            for name in order:
-                i, run = names.index(name), runners[name]
+            turn = round_ % len(numbered)
+            for i, (name, run) in numbered[turn:] + numbered[:turn]:
                 wall, cpu = run(Path(tmp) / f"run{i}-{round_}")
                 results[name]["wall"].append(tokens / wall)
                 results[name]["cpu"].append(tokens / cpu)

@@ -300,21 +300,22 @@ class Tokenizer:
         """
         cache = self._cache
         found: list[int | list[tuple[int, ...] | None]] = []
-        holes: list[tuple[list, list[str], list[int]]] = []  # (ids so far, pre-tokens, where misses are)
+        holes: list[tuple[list, list[int], list[str]]] = []  # (ids so far, where misses are, those misses)
         misses: list[str] = []
         for item in batch:
             if not isinstance(item, int):
                 got = list(map(cache.get, item))
                 at = list(compress(range(len(got)), map(is_, got, repeat(None))))
                 if at:
-                    holes.append((got, item, at))
-                    misses += map(item.__getitem__, at)
+                    missed = list(map(item.__getitem__, at))
+                    holes.append((got, at, missed))
+                    misses += missed
                 item = got
             found.append(item)
         if misses:
             self._merge_misses(misses)
-            for got, item, at in holes:  # got[j] = cache[item[j]]; a miss left (long, few) runs _bpe
-                deque(map(got.__setitem__, at, map(cache.__getitem__, map(item.__getitem__, at))), 0)
+            for got, at, missed in holes:  # got[at[j]] = cache[missed[j]]; a miss left (long, few) runs _bpe
+                deque(map(got.__setitem__, at, map(cache.__getitem__, missed)), 0)
         for item in found:
             if isinstance(item, int):
                 ids.append(item)
