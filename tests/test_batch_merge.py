@@ -83,6 +83,9 @@ def test_ids_equal_tiktoken_on_long_tailed_text(long_tailed_text):
     assert tok._misses_seen > 30_000  # most pre-tokens missed the cache: the batched path ran
     assert "_pair_table" in tok.__dict__
     assert ids == tiktoken_gpt2().encode(long_tailed_text, allowed_special="all")
+    # The cached ids are the vocabulary's own int objects, not one new object per id and entry.
+    shared = set(map(id, tok._encoder.values()))
+    assert all(id(i) in shared for ids in tok._cache.values() for i in ids)
 
 
 def test_small_cache_stays_bounded_on_long_tailed_text(long_tailed_text):
@@ -90,3 +93,15 @@ def test_small_cache_stays_bounded_on_long_tailed_text(long_tailed_text):
     small = Tokenizer(gpt2().vocab, gpt2().merges, gpt2().special_tokens, cache_size=1000)
     assert small.encode(text) == gpt2().encode(text)
     assert len(small._cache) + len(small._cache.previous) <= 1000
+
+
+def test_misses_too_long_to_batch_are_merged_one_by_one_and_huge_ones_not_cached(long_tailed_text):
+    tok = Tokenizer(gpt2().vocab, gpt2().merges, gpt2().special_tokens)
+    tok.encode(long_tailed_text[:700_000])
+    assert "_pair_table" in tok.__dict__  # from now on, a window's misses are merged as a batch
+    long_word, huge_word = " " + "abcdefghij" * 4, " " + "q" * 300  # 41 and 301 bytes: one pre-token each
+    text = long_tailed_text[700_000:800_000] + long_word + huge_word + long_word
+    seen = tok._misses_seen
+    assert tok.encode(text) == tiktoken_gpt2().encode(text, allowed_special="all")
+    assert tok._misses_seen - seen > 1000  # the batched path ran for this window
+    assert long_word in tok._cache and huge_word not in tok._cache

@@ -19,15 +19,17 @@ used. The result is exactly ``Tokenizer._bpe``'s (tests/test_batch_merge.py).
 
 from __future__ import annotations
 
+from collections import deque
 from itertools import repeat
 from operator import itemgetter
 
 import numpy as np
 
-_NO_RANK = np.iinfo(np.int32).max  # a pair that is not merged
-_PAD = -1  # the symbol after the end of a row
+_NO_RANK = np.int32(np.iinfo(np.int32).max)  # a pair that is not merged
 _EMPTY = -1  # a free slot of the hash table
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: key * this, top bits = slot
+# Fibonacci hashing: key * this, top bits = slot. As an int64 (two's complement of 0x9E3779B97F4A7C15)
+# the product wraps around exactly as in uint64 arithmetic, and no conversion is needed.
+_GOLDEN = np.int64(0x9E3779B97F4A7C15 - (1 << 64))
 
 
 class PairTable:
@@ -35,13 +37,17 @@ class PairTable:
     ``rank(left, right)`` and ``merged[rank]``.
 
     ``encoder``: ordinary token bytes -> id; ``ranks``: merge result bytes -> rank (lower merges
-    first). A pair is the key ``left * n + right``, kept in an open-addressing hash table at most a
-    quarter full: a lookup of a whole array of pairs is one gather and compare per probe, and nearly
+    first). A pair is the key ``left * (n + 1) + right``, kept in an open-addressing hash table at most
+    a quarter full: a lookup of a whole array of pairs is one gather and compare per probe, and nearly
     every pair is settled by the first probe (a binary search would take ~17 dependent gathers).
+    ``pad`` (= n, no token) marks the end of a row; the keys of its pairs, ``left * (n + 1) + n`` and
+    ``n * (n + 1) + right``, are no pair's of two tokens, so they need no special case: never found.
     """
 
     def __init__(self, encoder: dict[bytes, int], ranks: dict[bytes, int]) -> None:
         self.n = max(encoder.values()) + 1
+        self.pad = self.n
+        self._base = self.n + 1
         merged = np.zeros(max(ranks.values(), default=-1) + 1, dtype=np.int32)
         merged[list(ranks.values())] = list(map(encoder.__getitem__, ranks))
         # Every split of every merge result into two tokens, one split position at a time: slicing
@@ -59,10 +65,16 @@ class PairTable:
                 halves.append(np.fromiter(ids, dtype=np.int64, count=len(tokens)))
             left, right = halves
             both = (left >= 0) & (right >= 0)
-            keys.append(left[both] * self.n + right[both])
+            keys.append(left[both] * self._base + right[both])
             key_ranks.append(all_ranks[first:][both])
         self.merged = merged  # rank -> id of the token that merge makes
         self.byte_ids = np.array([encoder[bytes([b])] for b in range(256)], dtype=np.int32)
+        # id -> the very int object ``encoder`` holds for it. ``tolist`` would make a new int object
+        # for every id above 256; gathering from this array instead, every cached tuple shares one
+        # object per id. On long-tailed text that saves ~60 bytes per cache entry, and a cache miss
+        # per id each time ids are copied out of the cache (incref) and freed (decref).
+        self.int_objects = np.empty(self.n, dtype=object)
+        self.int_objects[list(encoder.values())] = list(encoder.values())
         n_keys = sum(map(len, keys))
         self._bits = max(4, (4 * n_keys).bit_length())
         self._slot_keys = np.full(1 << self._bits, _EMPTY, dtype=np.int64)
@@ -70,7 +82,7 @@ class PairTable:
         self._insert(np.concatenate(keys), np.concatenate(key_ranks).astype(np.int32))
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
-        return ((keys.astype(np.uint64) * _GOLDEN) >> np.uint64(64 - self._bits)).astype(np.int64)
+        return ((keys * _GOLDEN) >> (64 - self._bits)) & ((1 << self._bits) - 1)
 
     def _insert(self, keys: np.ndarray, key_ranks: np.ndarray) -> None:
         """Linear probing, all keys at once: each round, of the keys aiming at one free slot the first
@@ -87,20 +99,20 @@ class PairTable:
 
     def rank(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Rank of each pair (``_NO_RANK`` if it is not merged, or if either side is padding)."""
-        key = left.astype(np.int64) * self.n + right
-        key[(left == _PAD) | (right == _PAD)] = _EMPTY - 1  # matches no slot, empty or not
-        out = np.full(key.shape, _NO_RANK, dtype=np.int32)
-        todo = np.arange(key.size)
-        key = key.ravel()
-        slot, mask = self._slots(key), (1 << self._bits) - 1
-        flat = out.reshape(-1)
+        key = (left.astype(np.int64) * self._base + right).ravel()
+        slot = self._slots(key)
+        held = self._slot_keys[slot]
+        out = np.where(held == key, self._slot_ranks[slot], _NO_RANK)  # nearly all settled here
+        todo = np.flatnonzero((held != key) & (held != _EMPTY))  # another key in that slot: probe on
+        key, slot, mask = key[todo], slot[todo], (1 << self._bits) - 1
         while len(todo):
+            slot = (slot + 1) & mask
             held = self._slot_keys[slot]
             found = held == key
-            flat[todo[found]] = self._slot_ranks[slot[found]]
-            going = ~found & (held != _EMPTY)  # a different key there: probe on
-            todo, key, slot = todo[going], key[going], (slot[going] + 1) & mask
-        return out
+            out[todo[found]] = self._slot_ranks[slot[found]]
+            going = ~found & (held != _EMPTY)
+            todo, key, slot = todo[going], key[going], slot[going]
+        return out.reshape(left.shape)
 
 
 def merge_same_length(table: PairTable, pieces: list[bytes]) -> list[tuple[int, ...]]:
@@ -109,7 +121,7 @@ def merge_same_length(table: PairTable, pieces: list[bytes]) -> list[tuple[int, 
     # ids: (rows, length + 1), a padding column at the end; ranks: (rows, length), ranks[:, c] is the
     # pair (ids[:, c], ids[:, c + 1]), the last column always _NO_RANK. Only rows that may still merge
     # are kept; finished ones go to `done`.
-    ids = np.full((n, length + 1), _PAD, dtype=np.int32)
+    ids = np.full((n, length + 1), table.pad, dtype=np.int32)
     ids[:, :length] = table.byte_ids[np.frombuffer(b"".join(pieces), dtype=np.uint8).reshape(n, length)]
     ranks = np.full((n, length), _NO_RANK, dtype=np.int32)
     ranks[:, : length - 1] = table.rank(ids[:, : length - 1], ids[:, 1:length])
@@ -138,8 +150,13 @@ def merge_same_length(table: PairTable, pieces: list[bytes]) -> list[tuple[int, 
         kl, al = k[has_left], at[has_left]
         ranks[kl, al - 1] = table.rank(ids[kl, al - 1], ids[kl, al])
         ranks[k, at] = table.rank(ids[k, at], ids[k, at + 1])
-    # One tuple of all ids, sliced into one tuple per piece (C-level maps: no Python loop over pieces).
-    real = done != _PAD
-    flat = tuple(done[real].tolist())
-    ends = np.cumsum(real.sum(axis=1))
-    return list(map(flat.__getitem__, map(slice, (ends - real.sum(axis=1)).tolist(), ends.tolist())))
+    # Out as tuples of the shared int objects, by number of tokens: the rows with m tokens hold them
+    # in their first m columns (the shifts keep each row packed to the left), so the m columns of that
+    # block, zipped, are its tuples. C-level maps and zips only: no Python loop over the pieces.
+    counts = (done != table.pad).sum(axis=1)
+    out: list[tuple[int, ...]] = [()] * n
+    for m in np.unique(counts).tolist():
+        rows = np.flatnonzero(counts == m)
+        columns = table.int_objects[done[rows, :m]].T.tolist()
+        deque(map(out.__setitem__, rows.tolist(), zip(*columns, strict=True)), 0)
+    return out

@@ -47,8 +47,9 @@ from tokenizer.batch_merge import PairTable, merge_same_length
 from tokenizer.files import EOT, read_json, write_json
 from tokenizer.splitting import last_cut, pretokenize, special_regex
 
-# Pre-tokens; ~200 bytes each (measured on long-tailed text), so at most ~200 MB per process. A turnover
-# of the generations is costly (the next window's every pre-token misses the new one and is fetched back
+# Pre-tokens; ~180 bytes each (measured on long-tailed text: key 60, tuple 80, dict slot 37; the ids are
+# the vocabulary's own int objects, shared), so at most ~190 MB per process. A turnover of the
+# generations is costly (the next window's every pre-token misses the new one and is fetched back
 # from the old): 2^20 holds the ~420K distinct pre-tokens of 20 MB of long-tailed text without one, and
 # encodes it at 0.51x tiktoken against 0.36x with 2^18 (medians of 4 interleaved runs).
 DEFAULT_CACHE_SIZE = 1 << 20
@@ -313,46 +314,62 @@ class Tokenizer:
                 item = got
             found.append(item)
         if misses:
-            self._merge_misses(misses)
-            for got, at, missed in holes:  # got[at[j]] = cache[missed[j]]; a miss left (long, few) runs _bpe
-                deque(map(got.__setitem__, at, map(cache.__getitem__, missed)), 0)
+            fresh = self._merge_misses(misses)
+            # got[at[j]] = the ids of missed[j]: from `fresh` (the misses just merged: a small dict, hot in
+            # the CPU caches, keyed by these very strings), else from the cache (__missing__ runs _bpe).
+            lookup = (cache if fresh is None else fresh).__getitem__
+            for got, at, missed in holes:
+                deque(map(got.__setitem__, at, map(lookup, missed)), 0)
         for item in found:
             if isinstance(item, int):
                 ids.append(item)
             else:
                 ids += chain.from_iterable(item)
 
-    def _merge_misses(self, misses: list[str]) -> None:
-        """Put the ids of ``misses`` in the cache: those of the previous generation moved back, the others
-        (up to ``_BATCH_MAX_BYTES`` long) merged all together, by length (``tokenizer.batch_merge``): on
-        long-tailed text several times faster than ``_bpe`` one pre-token at a time. Too few, or more
-        than the cache holds, are left to ``_bpe`` (from ``__missing__`` when the holes are filled)."""
+    def _merge_misses(self, misses: list[str]) -> dict[str, tuple[int, ...]] | None:
+        """The ids of ``misses``, also put in the cache: those of the previous generation moved back, the
+        others merged all together, by length (``tokenizer.batch_merge``): on long-tailed text several
+        times faster than ``_bpe`` one pre-token at a time. ``None`` when they are too few to be worth
+        a batch, or more than the cache holds: the cache's ``__missing__`` then runs ``_bpe`` for each."""
         cache = self._cache
         missing = list(dict.fromkeys(misses))
         old = list(map(cache.previous.get, missing))
         recalled = list(map(is_not, old, repeat(None)))
         cache.make_room(len(missing))  # then all of them fit, unless there are more than a generation
-        cache.update(zip(compress(missing, recalled), compress(old, recalled), strict=True))
+        fresh = dict(zip(compress(missing, recalled), compress(old, recalled), strict=True))
         fit = len(missing) <= cache.generation
         missing = list(compress(missing, map(not_, recalled)))
         self._misses_seen += len(missing)
-        if not fit or len(missing) < _BATCH_MIN:
-            return
-        if "_pair_table" not in self.__dict__ and self._misses_seen < _TABLE_AFTER:
-            return  # few misses so far (most text): the table would cost more than it saves
+        # Few misses so far (most text): the batch's pair table would cost more than it saves.
+        few = len(missing) < _BATCH_MIN or (
+            "_pair_table" not in self.__dict__ and self._misses_seen < _TABLE_AFTER
+        )
+        if not fit or few:
+            cache.update(fresh)
+            return None
         datas = list(map(str.encode, missing))
         tokens = list(map(self._encoder.get, datas))
         single = list(map(is_not, tokens, repeat(None)))  # a pre-token that is a token is that token
-        cache.update(zip(compress(missing, single), zip(compress(tokens, single)), strict=True))
-        # The others by length (NumPy sorts the lengths; no Python loop over the pre-tokens).
+        fresh.update(zip(compress(missing, single), zip(compress(tokens, single)), strict=True))
+        # The others sorted by length (by NumPy: no Python loop over the pre-tokens), merged a group of
+        # one length at a time; the few longer than _BATCH_MAX_BYTES, last in that order, one by one.
+        multi = list(map(not_, single))
+        texts, datas = list(compress(missing, multi)), list(compress(datas, multi))
         lengths = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))
-        todo = np.flatnonzero(~np.array(single, dtype=bool) & (lengths <= _BATCH_MAX_BYTES))
-        todo = todo[np.argsort(lengths[todo], kind="stable")]
-        starts = np.flatnonzero(np.diff(lengths[todo], prepend=-1)).tolist() + [len(todo)]
+        order = np.argsort(lengths, kind="stable")
+        lengths, order = lengths[order], order.tolist()
+        texts, datas = list(map(texts.__getitem__, order)), list(map(datas.__getitem__, order))
+        batched = int(np.searchsorted(lengths, _BATCH_MAX_BYTES, side="right"))
+        starts = np.flatnonzero(np.diff(lengths[:batched], prepend=-1)).tolist() + [batched]
         for start, end in pairwise(starts):
-            group = todo[start:end].tolist()
-            texts, group_datas = [missing[i] for i in group], [datas[i] for i in group]
-            cache.update(zip(texts, merge_same_length(self._pair_table, group_datas), strict=True))
+            merged = merge_same_length(self._pair_table, datas[start:end])
+            fresh.update(zip(texts[start:end], merged, strict=True))
+        cache.update(fresh)
+        for text, data in zip(texts[batched:], datas[batched:], strict=True):
+            fresh[text] = ids = self._bpe(data)
+            if len(text) <= _MAX_CACHED_CHARS:
+                cache[text] = ids
+        return fresh
 
     @cached_property
     def _pair_table(self) -> PairTable:
