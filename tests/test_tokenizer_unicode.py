@@ -40,7 +40,7 @@ def test_tables_are_sorted_disjoint_ranges():
 
 def _split_all_ways(text: str) -> list[list[str]]:
     out = [splitting.FULL_RE.findall(text)]
-    if not splitting.ASTRAL_RE.search(text):
+    if splitting.within_bmp(text):
         out.append(splitting.BMP_RE.findall(text))
     if text.isascii():
         out.append(splitting.ASCII_RE.findall(text))
@@ -55,6 +55,12 @@ def test_the_three_regexes_split_real_text_alike(fixture_file, name):
     assert "".join(splits[0]) == text
     ascii_only = text.encode("ascii", errors="ignore").decode()
     assert len({tuple(s) for s in _split_all_ways(ascii_only)}) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(exclude_categories=())))  # lone surrogates too
+def test_within_bmp_says_whether_every_character_is_at_most_u_ffff(text):
+    assert splitting.within_bmp(text) == all(ord(c) <= 0xFFFF for c in text)
 
 
 @settings(max_examples=300, deadline=None)
