@@ -60,7 +60,8 @@ def test_the_three_regexes_split_real_text_alike(fixture_file, name):
 @settings(max_examples=300, deadline=None)
 @given(st.text(st.characters(exclude_categories=())))  # lone surrogates too
 def test_within_bmp_says_whether_every_character_is_at_most_u_ffff(text):
-    assert splitting.within_bmp(text) == all(ord(c) <= 0xFFFF for c in text)
+    for t in (text, text * 64):  # both ways: a short text by regex, a long one by its UTF-16 length
+        assert splitting.within_bmp(t) == all(ord(c) <= 0xFFFF for c in t)
 
 
 @settings(max_examples=300, deadline=None)
