@@ -352,7 +352,7 @@ class Tokenizer:
         single = list(map(is_not, tokens, repeat(None)))  # a pre-token that is a token is that token
         fresh.update(zip(compress(missing, single), zip(compress(tokens, single)), strict=True))
         # The others sorted by length (by NumPy: no Python loop over the pre-tokens), merged a group of
-        # one length at a time; the few longer than _BATCH_MAX_BYTES, last in that order, one by one.
+        # one length at a time; those longer than _BATCH_MAX_BYTES come last in that order.
         multi = list(map(not_, single))
         texts, datas = list(compress(missing, multi)), list(compress(datas, multi))
         lengths = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))
@@ -365,10 +365,8 @@ class Tokenizer:
             merged = merge_same_length(self._pair_table, datas[start:end])
             fresh.update(zip(texts[start:end], merged, strict=True))
         cache.update(fresh)
-        for text, data in zip(texts[batched:], datas[batched:], strict=True):
-            fresh[text] = ids = self._bpe(data)
-            if len(text) <= _MAX_CACHED_CHARS:
-                cache[text] = ids
+        # The few too long to batch: through the cache's own miss path (``_bpe``, and the length rule).
+        fresh.update(zip(texts[batched:], map(cache.__getitem__, texts[batched:]), strict=True))
         return fresh
 
     @cached_property
