@@ -11,23 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.diverse_corpus import write_diverse_corpus
-from tokenizer.batch_merge import PairTable, merge_same_length
+from tokenizer.batch_merge import PairTable, merge_pieces
 from tokenizer.bpe import train_bpe
 from tokenizer.splitting import pretokenize
 from tokenizer.tokenizer import Tokenizer
 
 
 def batched(tok: Tokenizer, pieces: list[bytes]) -> dict[bytes, tuple[int, ...]]:
-    """``merge_same_length`` over ``pieces`` grouped by length (what ``Tokenizer`` does with misses)."""
-    table = PairTable(tok._encoder, tok._ranks)
-    by_length: dict[int, list[bytes]] = {}
-    for piece in dict.fromkeys(pieces):
-        if len(piece) >= 2:
-            by_length.setdefault(len(piece), []).append(piece)
-    out: dict[bytes, tuple[int, ...]] = {}
-    for group in by_length.values():
-        out.update(zip(group, merge_same_length(table, group), strict=True))
-    return out
+    """``merge_pieces`` over the distinct ``pieces`` of 2 bytes or more (as ``Tokenizer`` hands them)."""
+    distinct = [piece for piece in dict.fromkeys(pieces) if len(piece) >= 2]
+    return dict(zip(distinct, merge_pieces(PairTable(tok._encoder, tok._ranks), distinct), strict=True))
 
 
 @functools.cache
@@ -105,3 +98,13 @@ def test_misses_too_long_to_batch_are_merged_one_by_one_and_huge_ones_not_cached
     assert tok.encode(text) == tiktoken_gpt2().encode(text, allowed_special="all")
     assert tok._misses_seen - seen > 1000  # the batched path ran for this window
     assert long_word in tok._cache and huge_word not in tok._cache
+
+
+def test_text_tokens_are_the_tokens_a_pretoken_can_spell():
+    # A missed pre-token is looked up by its text: every ordinary token whose bytes are UTF-8 is there
+    # under that text, and no other (GPT-2 has tokens that are part of a multi-byte character).
+    tok = gpt2()
+    assert all(tok.vocab[i] == text.encode("utf-8") for text, (i,) in tok._text_tokens.items())
+    is_text = {i for i, token in tok.vocab.items() if token.decode("utf-8", "replace").encode() == token}
+    assert {i for (i,) in tok._text_tokens.values()} == is_text - {tok.eot_id}
+    assert 0 < len(tok._text_tokens) < len(tok._encoder)

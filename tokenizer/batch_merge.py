@@ -8,10 +8,11 @@ step does, for every row at once, what one step of the per-word loop does:
 
 1. find the adjacent pair of lowest rank, leftmost on ties (``argmin`` returns the first minimum);
 2. replace its left symbol by the merged token and close the gap: columns right of it shift left
-   by one (``take_along_axis``), a padding symbol fills the end;
+   by one (``np.where`` against the column index);
 3. look up the ranks of the two pairs that now touch the merged token; the others are unchanged.
 
-Rows with no pair left drop out, so the work follows the merges actually done. A pair's rank is the
+Rows with no pair left drop out, and as every remaining row merged once, each holds one symbol fewer:
+the matrix loses a column a step. So the work follows the merges actually done. A pair's rank is the
 rank of the *concatenated bytes* (as in tiktoken and ``Tokenizer._bpe``), so the table of pairs
 (``PairTable``) lists every split of every merge result into two tokens, not only the split its merge
 used. The result is exactly ``Tokenizer._bpe``'s (tests/test_batch_merge.py).
@@ -20,7 +21,7 @@ used. The result is exactly ``Tokenizer._bpe``'s (tests/test_batch_merge.py).
 from __future__ import annotations
 
 from collections import deque
-from itertools import repeat
+from itertools import pairwise, repeat
 from operator import itemgetter
 
 import numpy as np
@@ -115,48 +116,59 @@ class PairTable:
         return out.reshape(left.shape)
 
 
-def merge_same_length(table: PairTable, pieces: list[bytes]) -> list[tuple[int, ...]]:
-    """Token ids of each of ``pieces``, which all have the same length (>= 2 bytes)."""
-    n, length = len(pieces), len(pieces[0])
-    # ids: (rows, length + 1), a padding column at the end; ranks: (rows, length), ranks[:, c] is the
-    # pair (ids[:, c], ids[:, c + 1]), the last column always _NO_RANK. Only rows that may still merge
-    # are kept; finished ones go to `done`.
-    ids = np.full((n, length + 1), table.pad, dtype=np.int32)
-    ids[:, :length] = table.byte_ids[np.frombuffer(b"".join(pieces), dtype=np.uint8).reshape(n, length)]
-    ranks = np.full((n, length), _NO_RANK, dtype=np.int32)
-    ranks[:, : length - 1] = table.rank(ids[:, : length - 1], ids[:, 1:length])
-    done = np.empty_like(ids)
-    rows = np.arange(n)  # which piece each working row is
-    id_columns, rank_columns = np.arange(length), np.arange(length - 1)
+def merge_pieces(table: PairTable, pieces: list[bytes]) -> list[tuple[int, ...]]:
+    """Token ids of each of ``pieces`` (each >= 2 bytes, any lengths), merged a group of one length at
+    a time. The groups are cut from one buffer of all the bytes by NumPy (no Python loop over the
+    pieces to sort them), and each group's ids are written straight to their places in the result."""
+    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    data = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+    starts = np.cumsum(lengths) - lengths  # where each piece's bytes begin in `data`
+    order = np.argsort(lengths, kind="stable")  # piece indices, by length
+    bounds = np.flatnonzero(np.diff(lengths[order], prepend=-1)).tolist() + [len(pieces)]
+    out: list[tuple[int, ...]] = [()] * len(pieces)
+    for lo, hi in pairwise(bounds):
+        rows = order[lo:hi]
+        length = int(lengths[rows[0]])
+        symbols = table.byte_ids[data[starts[rows, None] + np.arange(length)]]  # (rows, length)
+        _merge_same_length(table, symbols, rows, out)
+    return out
+
+
+def _merge_same_length(table: PairTable, symbols: np.ndarray, rows: np.ndarray, out: list) -> None:
+    """Merge ``symbols`` (pieces, length) of one length >= 2 to the end; ``out[rows[i]]`` = the ids of
+    row i, a tuple of the shared int objects."""
+    n, width = symbols.shape
+    # Every step merges one pair in every working row, so after s steps every working row holds
+    # exactly ``width = length - s`` symbols: the matrices shrink by a column a step, and a row that
+    # stops merging has ``width`` tokens. ids: (rows, width + 1), the last column padding; ranks:
+    # (rows, width), ranks[:, c] is the pair (ids[:, c], ids[:, c + 1]), the last one always _NO_RANK.
+    ids = np.full((n, width + 1), table.pad, dtype=np.int32)
+    ids[:, :width] = symbols
+    ranks = np.full((n, width), _NO_RANK, dtype=np.int32)
+    ranks[:, : width - 1] = table.rank(ids[:, : width - 1], ids[:, 1:width])
     while len(rows):
         at = ranks.argmin(axis=1)  # (rows,) the lowest rank, leftmost on ties
         k = np.arange(len(rows))
-        best = ranks[k, at]
+        best = ranks.ravel()[k * width + at]
         live = best != _NO_RANK
-        if not live.all():
-            done[rows[~live]] = ids[~live]
+        if not live.all():  # rows with no pair left to merge: out, as tuples of the shared int objects
+            columns = table.int_objects[ids[~live, :width]].T.tolist()  # one list per token position
+            deque(map(out.__setitem__, rows[~live].tolist(), zip(*columns, strict=True)), 0)
             rows, ids, ranks, at, best = rows[live], ids[live], ranks[live], at[live], best[live]
             k = np.arange(len(rows))
-        if not len(rows):
-            break
-        ids[k, at] = table.merged[best]
+            if not len(rows):
+                break
+        merged = table.merged[best]
+        np.put(ids, k * (width + 1) + at, merged)  # by flat index: cheaper than a 2-D (k, at) index
         # Close the gap: the symbols right of the merged one, and the pairs from the merged one on,
-        # move one column left; the padding (ids) and _NO_RANK (ranks) columns fill the end.
+        # move one column left, and the last column (padding, _NO_RANK) is dropped.
         after = at[:, None]
-        ids[:, :length] = np.where(id_columns > after, ids[:, 1:], ids[:, :length])
-        ranks[:, : length - 1] = np.where(rank_columns >= after, ranks[:, 1:], ranks[:, : length - 1])
+        ids = np.where(np.arange(width) > after, ids[:, 1:], ids[:, :width])
+        ranks = np.where(np.arange(width - 1) >= after, ranks[:, 1:], ranks[:, : width - 1])
+        width -= 1
         # The two pairs that now touch the merged token: (left neighbour, merged) and (merged, right).
-        has_left = at > 0
-        kl, al = k[has_left], at[has_left]
-        ranks[kl, al - 1] = table.rank(ids[kl, al - 1], ids[kl, al])
-        ranks[k, at] = table.rank(ids[k, at], ids[k, at + 1])
-    # Out as tuples of the shared int objects, by number of tokens: the rows with m tokens hold them
-    # in their first m columns (the shifts keep each row packed to the left), so the m columns of that
-    # block, zipped, are its tuples. C-level maps and zips only: no Python loop over the pieces.
-    counts = (done != table.pad).sum(axis=1)
-    out: list[tuple[int, ...]] = [()] * n
-    for m in np.unique(counts).tolist():
-        rows = np.flatnonzero(counts == m)
-        columns = table.int_objects[done[rows, :m]].T.tolist()
-        deque(map(out.__setitem__, rows.tolist(), zip(*columns, strict=True)), 0)
-    return out
+        flat_ids = ids.ravel()
+        at_id, at_rank = k * (width + 1) + at, k * width + at  # the merged token, its pair to the right
+        left = np.flatnonzero(at)
+        np.put(ranks, at_rank[left] - 1, table.rank(flat_ids[at_id[left] - 1], merged[left]))
+        np.put(ranks, at_rank, table.rank(merged, flat_ids[at_id + 1]))

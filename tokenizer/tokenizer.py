@@ -26,6 +26,7 @@ BPE training uses too: a tokenizer is applied with exactly the segmentation it w
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import heapq
@@ -35,15 +36,13 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Set
 from functools import cached_property
-from itertools import chain, compress, pairwise, repeat
+from itertools import chain, compress, repeat
 from operator import is_, is_not, not_
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from tokenizer import io
-from tokenizer.batch_merge import PairTable, merge_same_length
+from tokenizer.batch_merge import PairTable, merge_pieces
 from tokenizer.files import EOT, read_json, write_json
 from tokenizer.splitting import last_cut, pretokenize, special_regex
 
@@ -347,31 +346,38 @@ class Tokenizer:
         if not fit or few:
             cache.update(fresh)
             return None
-        datas = list(map(str.encode, missing))
-        tokens = list(map(self._encoder.get, datas))
-        single = list(map(is_not, tokens, repeat(None)))  # a pre-token that is a token is that token
-        fresh.update(zip(compress(missing, single), zip(compress(tokens, single)), strict=True))
-        # The others sorted by length (by NumPy: no Python loop over the pre-tokens), merged a group of
-        # one length at a time; those longer than _BATCH_MAX_BYTES come last in that order.
-        multi = list(map(not_, single))
-        texts, datas = list(compress(missing, multi)), list(compress(datas, multi))
-        lengths = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))
-        order = np.argsort(lengths, kind="stable")
-        lengths, order = lengths[order], order.tolist()
-        texts, datas = list(map(texts.__getitem__, order)), list(map(datas.__getitem__, order))
-        batched = int(np.searchsorted(lengths, _BATCH_MAX_BYTES, side="right"))
-        starts = np.flatnonzero(np.diff(lengths[:batched], prepend=-1)).tolist() + [batched]
-        for start, end in pairwise(starts):
-            merged = merge_same_length(self._pair_table, datas[start:end])
-            fresh.update(zip(texts[start:end], merged, strict=True))
+        tokens = list(map(self._text_tokens.get, missing))  # a pre-token that is a token is that token
+        single = list(map(is_not, tokens, repeat(None)))
+        fresh.update(zip(compress(missing, single), compress(tokens, single), strict=True))
+        texts = list(compress(missing, map(not_, single)))
+        datas = list(map(str.encode, texts))
+        # The others merged together (``merge_pieces``), but for the few longer than _BATCH_MAX_BYTES.
+        long = list(map(_BATCH_MAX_BYTES.__lt__, map(len, datas)))
+        texts_long = list(compress(texts, long)) if any(long) else []
+        if texts_long:
+            short = list(map(not_, long))
+            texts, datas = list(compress(texts, short)), list(compress(datas, short))
+        fresh.update(zip(texts, merge_pieces(self._pair_table, datas), strict=True))
         cache.update(fresh)
         # The few too long to batch: through the cache's own miss path (``_bpe``, and the length rule).
-        fresh.update(zip(texts[batched:], map(cache.__getitem__, texts[batched:]), strict=True))
+        fresh.update(zip(texts_long, map(cache.__getitem__, texts_long), strict=True))
         return fresh
 
     @cached_property
     def _pair_table(self) -> PairTable:
         return PairTable(self._encoder, self._ranks)
+
+    @cached_property
+    def _text_tokens(self) -> dict[str, tuple[int]]:
+        """Text -> ``(id,)`` of every ordinary token whose bytes are UTF-8: a pre-token (a ``str``, hash
+        already known from the cache lookup) is a token exactly when it is here, since no text
+        encodes to bytes that are not UTF-8. Cheaper than encoding every miss to look it up by bytes.
+        The cache entries made from here share these tuples."""
+        out = {}
+        for token, i in self._encoder.items():
+            with contextlib.suppress(UnicodeDecodeError):  # part of a multi-byte character: no text
+                out[token.decode("utf-8")] = (i,)
+        return out
 
     def _special_res(
         self, allowed: AllowedSpecial, text: str | None = None
