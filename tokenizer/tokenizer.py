@@ -16,9 +16,9 @@ Step 3 is slow in Python, but text is Zipfian: a few thousand distinct pre-token
 any corpus. So a dict maps pre-token -> ids, and the BPE runs only on a miss. The dict holds two
 generations of at most ``cache_size / 2`` entries each, which bounds memory on any input. Web-like
 text has a long tail of rare words that miss anyway: the pre-tokens of up to ``_WINDOW`` are looked
-up together (``dict.get`` by a C-level ``map``: a miss costs no Python call), their misses merged
-together, with NumPy (``tokenizer.batch_merge``), several times faster than one word at a time, and
-the holes filled.
+up together (a C-level ``map``; a miss leaves a placeholder), their misses merged together, with
+NumPy (``tokenizer.batch_merge``), several times faster than one word at a time, and the
+placeholders filled in place.
 
 Steps 1 and 2 (and where a text may be cut for streaming) live in ``tokenizer.splitting``, which
 BPE training uses too: a tokenizer is applied with exactly the segmentation it was trained on.
@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Set
 from functools import cached_property, reduce
 from itertools import compress, repeat
-from operator import iadd, is_, is_not, not_
+from operator import iadd, is_, not_
 from pathlib import Path
 from typing import Literal
 
@@ -62,21 +62,26 @@ AllowedSpecial = Literal["all", "none", "none_raise"] | Set[str]
 
 
 class _PieceCache(dict):
-    """Pre-token -> token ids. A miss runs the BPE through ``__missing__``, called from C by ``[]``;
-    ``Tokenizer._emit`` looks up with ``get`` instead, so that a miss costs no Python call and the
-    misses of a whole batch can be merged together.
+    """Pre-token -> token ids, looked up a batch at a time by ``Tokenizer._emit`` with
+    ``map(cache.__getitem__, pieces)``: a hit costs no Python call.
+
+    A miss calls ``__missing__`` (from C). A pre-token of the previous generation is moved back; any
+    other gets a placeholder, an empty list, recorded in ``pending`` and the same for every occurrence
+    in the batch. Once the batch is looked up, ``Tokenizer`` merges all the pending pre-tokens
+    together, extends each placeholder with its ids in place and stores the ids (``store``). So the
+    misses of a batch need no search for them and no second pass to fill the holes they left.
 
     Two generations bound the memory without forgetting everything at once: when this dict holds
     ``max_entries // 2`` pre-tokens, they become the ``previous`` generation (the one before is
-    dropped) and this one starts empty; a miss found in ``previous`` is moved back. Frequent
-    pre-tokens thus survive a turnover, which on long-tailed text saves re-merging them.
+    dropped) and this one starts empty. Frequent pre-tokens thus survive a turnover, which on
+    long-tailed text saves re-merging them.
     """
 
-    def __init__(self, bpe, max_entries: int) -> None:
+    def __init__(self, max_entries: int) -> None:
         super().__init__()
-        self.bpe = bpe
         self.generation = max(1, max_entries // 2)  # entries per generation; two at most
         self.previous: dict[str, tuple[int, ...]] = {}
+        self.pending: dict[str, list[int]] = {}  # misses of the batch being looked up -> placeholder
 
     def make_room(self, n: int) -> None:
         """Start a new generation unless ``n`` more pre-tokens fit in this one."""
@@ -84,15 +89,25 @@ class _PieceCache(dict):
             self.previous = dict(self)
             self.clear()
 
-    def __missing__(self, piece: str) -> tuple[int, ...]:
+    def __missing__(self, piece: str) -> tuple[int, ...] | list[int]:
         ids = self.previous.get(piece)
         if ids is None:
-            ids = self.bpe(piece.encode("utf-8"))
-            if len(piece) > _MAX_CACHED_CHARS:
-                return ids
+            return self.pending.setdefault(piece, [])
         self.make_room(1)
         self[piece] = ids
         return ids
+
+    def store(self, pieces: list[str], ids: list[tuple[int, ...]]) -> None:
+        """Put ``pieces[i]`` -> ``ids[i]`` in, a generation at a time (only the last ones stay when they
+        are more than a generation), but for pre-tokens over ``_MAX_CACHED_CHARS``: long runs of
+        spaces and the like are rare, and not worth the memory."""
+        if max(map(len, pieces), default=0) > _MAX_CACHED_CHARS:
+            kept = list(map(_MAX_CACHED_CHARS.__ge__, map(len, pieces)))
+            pieces, ids = list(compress(pieces, kept)), list(compress(ids, kept))
+        for start in range(0, len(pieces), self.generation):
+            end = min(start + self.generation, len(pieces))
+            self.make_room(end - start)
+            self.update(zip(pieces[start:end], ids[start:end], strict=True))
 
 
 class Tokenizer:
@@ -144,7 +159,7 @@ class Tokenizer:
         self._special_re = special_regex(self.special_tokens)
         self._any_special_re = special_regex(self.special_tokens, overlapping=True)
         self._subset_res: dict[frozenset[str], tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
-        self._cache = _PieceCache(self._bpe, cache_size)
+        self._cache = _PieceCache(cache_size)
         self._misses_seen = 0  # distinct pre-tokens that missed the cache, over all calls
         self._cache_size = cache_size
 
@@ -294,76 +309,50 @@ class Tokenizer:
     def _emit(self, batch: list[int | list[str]], ids: list[int]) -> None:
         """Append the ids of ``batch`` (special ids and lists of pre-tokens) to ``ids``.
 
-        A first pass looks every pre-token up with ``dict.get`` (C-level ``map``: a miss is a ``None``,
-        not a Python call); the misses of the whole batch are merged together (``_merge_misses``), then
-        the holes they left are filled, again by C-level maps.
+        One pass looks every pre-token up (C-level ``map``); the misses get placeholders (see
+        ``_PieceCache``), which are filled in place once the misses of the whole batch are merged
+        together (``_merge_misses``).
         """
         cache = self._cache
-        found: list[int | list[tuple[int, ...] | None]] = []
-        holes: list[tuple[list, list[int], list[str]]] = []  # (ids so far, where misses are, those misses)
-        misses: list[str] = []
-        for item in batch:
-            if not isinstance(item, int):
-                got = list(map(cache.get, item))
-                at = list(compress(range(len(got)), map(is_, got, repeat(None))))
-                if at:
-                    missed = list(map(item.__getitem__, at))
-                    holes.append((got, at, missed))
-                    misses += missed
-                item = got
-            found.append(item)
-        if misses:
-            fresh = self._merge_misses(misses)
-            # got[at[j]] = the ids of missed[j]: from `fresh` (the misses just merged: a small dict, hot in
-            # the CPU caches, keyed by these very strings), else from the cache (__missing__ runs _bpe).
-            lookup = (cache if fresh is None else fresh).__getitem__
-            for got, at, missed in holes:
-                deque(map(got.__setitem__, at, map(lookup, missed)), 0)
+        cache.pending = {}  # nothing left over from a batch that failed (UnicodeEncodeError, ...)
+        found = [item if isinstance(item, int) else list(map(cache.__getitem__, item)) for item in batch]
+        if cache.pending:
+            pieces, placeholders = list(cache.pending), list(cache.pending.values())
+            merged = self._merge_misses(pieces)
+            deque(map(list.extend, placeholders, merged), 0)  # `found` holds these very lists
+            cache.store(pieces, merged)
         for item in found:
             if isinstance(item, int):
                 ids.append(item)
             else:
-                # ids += each tuple in turn: list.extend copies a tuple's items in one C call, where
-                # chain.from_iterable takes a next() per id (0.43 -> 0.35 s on 20 MB of long-tailed text)
+                # ids += each tuple (or filled placeholder) in turn: list.extend copies its items in one
+                # C call, where chain.from_iterable takes a next() per id (0.43 -> 0.35 s on 20 MB of
+                # long-tailed text)
                 reduce(iadd, item, ids)
 
-    def _merge_misses(self, misses: list[str]) -> dict[str, tuple[int, ...]] | None:
-        """The ids of ``misses``, also put in the cache: those of the previous generation moved back, the
-        others merged all together, by length (``tokenizer.batch_merge``): on long-tailed text several
-        times faster than ``_bpe`` one pre-token at a time. ``None`` when they are too few to be worth
-        a batch, or more than the cache holds: the cache's ``__missing__`` then runs ``_bpe`` for each."""
-        cache = self._cache
-        missing = list(dict.fromkeys(misses))
-        old = list(map(cache.previous.get, missing))
-        recalled = list(map(is_not, old, repeat(None)))
-        cache.make_room(len(missing))  # then all of them fit, unless there are more than a generation
-        fresh = dict(zip(compress(missing, recalled), compress(old, recalled), strict=True))
-        fit = len(missing) <= cache.generation
-        missing = list(compress(missing, map(not_, recalled)))
-        self._misses_seen += len(missing)
+    def _merge_misses(self, pieces: list[str]) -> list[tuple[int, ...]]:
+        """The ids of ``pieces``, the distinct pre-tokens of a batch that missed the cache: merged all
+        together (``tokenizer.batch_merge``) when there are enough of them, on long-tailed text several
+        times faster than ``_bpe`` one pre-token at a time; else, and for the few longer than
+        ``_BATCH_MAX_BYTES``, by ``_bpe``."""
+        self._misses_seen += len(pieces)
         # Few misses so far (most text): the batch's pair table would cost more than it saves.
-        few = len(missing) < _BATCH_MIN or (
+        if len(pieces) < _BATCH_MIN or (
             "_pair_table" not in self.__dict__ and self._misses_seen < _TABLE_AFTER
-        )
-        if not fit or few:
-            cache.update(fresh)
-            return None
-        tokens = list(map(self._text_tokens.get, missing))  # a pre-token that is a token is that token
-        single = list(map(is_not, tokens, repeat(None)))
-        fresh.update(zip(compress(missing, single), compress(tokens, single), strict=True))
-        texts = list(compress(missing, map(not_, single)))
-        datas = list(map(str.encode, texts))
-        # The others merged together (``merge_pieces``), but for the few longer than _BATCH_MAX_BYTES.
-        long = list(map(_BATCH_MAX_BYTES.__lt__, map(len, datas)))
-        texts_long = list(compress(texts, long)) if any(long) else []
-        if texts_long:
-            short = list(map(not_, long))
-            texts, datas = list(compress(texts, short)), list(compress(datas, short))
-        fresh.update(zip(texts, merge_pieces(self._pair_table, datas), strict=True))
-        cache.update(fresh)
-        # The few too long to batch: through the cache's own miss path (``_bpe``, and the length rule).
-        fresh.update(zip(texts_long, map(cache.__getitem__, texts_long), strict=True))
-        return fresh
+        ):
+            return list(map(self._bpe, map(str.encode, pieces)))
+        out = list(map(self._text_tokens.get, pieces))  # a pre-token that is a token is that token
+        todo = list(compress(range(len(out)), map(is_, out, repeat(None))))
+        datas = list(map(str.encode, map(pieces.__getitem__, todo)))
+        short = list(map(_BATCH_MAX_BYTES.__ge__, map(len, datas)))
+        if all(short):
+            deque(map(out.__setitem__, todo, merge_pieces(self._pair_table, datas)), 0)
+        else:
+            long = list(map(not_, short))
+            batched = merge_pieces(self._pair_table, list(compress(datas, short)))
+            deque(map(out.__setitem__, compress(todo, short), batched), 0)
+            deque(map(out.__setitem__, compress(todo, long), map(self._bpe, compress(datas, long))), 0)
+        return out
 
     @cached_property
     def _pair_table(self) -> PairTable:
