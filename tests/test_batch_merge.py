@@ -79,6 +79,7 @@ def test_ids_equal_tiktoken_on_long_tailed_text(long_tailed_text):
     # The cached ids are the vocabulary's own int objects, not one new object per id and entry.
     shared = set(map(id, tok._encoder.values()))
     assert all(id(i) in shared for ids in tok._cache.values() for i in ids)
+    assert all(type(ids) is tuple and ids for ids in tok._cache.values())  # no placeholder left over
 
 
 def test_small_cache_stays_bounded_on_long_tailed_text(long_tailed_text):

@@ -36,7 +36,7 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Set
 from functools import cached_property, reduce
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from operator import iadd, is_, not_
 from pathlib import Path
 from typing import Literal
@@ -66,48 +66,53 @@ class _PieceCache(dict):
     ``map(cache.__getitem__, pieces)``: a hit costs no Python call.
 
     A miss calls ``__missing__`` (from C). A pre-token of the previous generation is moved back; any
-    other gets a placeholder, an empty list, recorded in ``pending`` and the same for every occurrence
-    in the batch. Once the batch is looked up, ``Tokenizer`` merges all the pending pre-tokens
-    together, extends each placeholder with its ids in place and stores the ids (``store``). So the
-    misses of a batch need no search for them and no second pass to fill the holes they left.
+    other gets a placeholder, an empty list, put in the cache (so its later occurrences in the batch
+    are hits) and recorded in ``pending``. Once the batch is looked up, ``Tokenizer`` merges all the
+    pending pre-tokens together, extends each placeholder with its ids in place, and ``store``
+    replaces the placeholders by the ids. So the misses of a batch cost one Python call each, need no
+    search for them, and leave no holes to fill in a second pass. A batch that fails (text that does
+    not encode) takes its placeholders back out (``discard``).
 
-    Two generations bound the memory without forgetting everything at once: when this dict holds
-    ``max_entries // 2`` pre-tokens, they become the ``previous`` generation (the one before is
-    dropped) and this one starts empty. Frequent pre-tokens thus survive a turnover, which on
-    long-tailed text saves re-merging them.
+    Two generations bound the memory without forgetting everything at once: when, after a batch, this
+    dict holds more than ``max_entries // 2`` pre-tokens, the last ``max_entries // 2`` become the
+    ``previous`` generation (the one before is dropped) and this one starts empty. Frequent
+    pre-tokens thus survive a turnover, which on long-tailed text saves re-merging them. Within a
+    batch the dict may hold one batch's misses more.
     """
 
     def __init__(self, max_entries: int) -> None:
         super().__init__()
         self.generation = max(1, max_entries // 2)  # entries per generation; two at most
         self.previous: dict[str, tuple[int, ...]] = {}
-        self.pending: dict[str, list[int]] = {}  # misses of the batch being looked up -> placeholder
-
-    def make_room(self, n: int) -> None:
-        """Start a new generation unless ``n`` more pre-tokens fit in this one."""
-        if len(self) + n > self.generation:
-            self.previous = dict(self)
-            self.clear()
+        self.pending: list[str] = []  # the misses of the batch being looked up, which have placeholders
+        self.placeholders: list[list[int]] = []  # theirs, in the same order
 
     def __missing__(self, piece: str) -> tuple[int, ...] | list[int]:
         ids = self.previous.get(piece)
         if ids is None:
-            return self.pending.setdefault(piece, [])
-        self.make_room(1)
+            ids = []
+            self.pending.append(piece)
+            self.placeholders.append(ids)
         self[piece] = ids
         return ids
 
-    def store(self, pieces: list[str], ids: list[tuple[int, ...]]) -> None:
-        """Put ``pieces[i]`` -> ``ids[i]`` in, a generation at a time (only the last ones stay when they
-        are more than a generation), but for pre-tokens over ``_MAX_CACHED_CHARS``: long runs of
-        spaces and the like are rare, and not worth the memory."""
+    def store(self, ids: list[tuple[int, ...]]) -> None:
+        """The ids of the ``pending`` pre-tokens in place of their placeholders, but for pre-tokens over
+        ``_MAX_CACHED_CHARS`` (long runs of spaces and the like: rare, and not worth the memory); then
+        a new generation if this one is full."""
+        pieces, self.pending, self.placeholders = self.pending, [], []
+        self.update(zip(pieces, ids, strict=True))
         if max(map(len, pieces), default=0) > _MAX_CACHED_CHARS:
-            kept = list(map(_MAX_CACHED_CHARS.__ge__, map(len, pieces)))
-            pieces, ids = list(compress(pieces, kept)), list(compress(ids, kept))
-        for start in range(0, len(pieces), self.generation):
-            end = min(start + self.generation, len(pieces))
-            self.make_room(end - start)
-            self.update(zip(pieces[start:end], ids[start:end], strict=True))
+            long = compress(pieces, map(_MAX_CACHED_CHARS.__lt__, map(len, pieces)))
+            deque(map(self.pop, long), 0)
+        if len(self) > self.generation:
+            self.previous = dict(islice(self.items(), len(self) - self.generation, None))
+            self.clear()
+
+    def discard(self) -> None:
+        """Take the ``pending`` pre-tokens' placeholders out."""
+        pieces, self.pending, self.placeholders = self.pending, [], []
+        deque(map(self.pop, pieces, repeat(None)), 0)
 
 
 class Tokenizer:
@@ -314,13 +319,14 @@ class Tokenizer:
         together (``_merge_misses``).
         """
         cache = self._cache
-        cache.pending = {}  # nothing left over from a batch that failed (UnicodeEncodeError, ...)
-        found = [item if isinstance(item, int) else list(map(cache.__getitem__, item)) for item in batch]
-        if cache.pending:
-            pieces, placeholders = list(cache.pending), list(cache.pending.values())
-            merged = self._merge_misses(pieces)
-            deque(map(list.extend, placeholders, merged), 0)  # `found` holds these very lists
-            cache.store(pieces, merged)
+        try:
+            found = [item if isinstance(item, int) else list(map(cache.__getitem__, item)) for item in batch]
+            merged = self._merge_misses(cache.pending)
+            deque(map(list.extend, cache.placeholders, merged), 0)  # `found` holds these lists
+            cache.store(merged)  # and a new generation if this one is full (recalls count too)
+        except BaseException:  # UnicodeEncodeError (lone surrogates), Ctrl-C, ...: no placeholder stays
+            cache.discard()
+            raise
         for item in found:
             if isinstance(item, int):
                 ids.append(item)
