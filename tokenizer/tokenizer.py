@@ -350,13 +350,10 @@ class Tokenizer:
         todo = list(compress(range(len(out)), map(is_, out, repeat(None))))
         datas = list(map(str.encode, map(pieces.__getitem__, todo)))
         short = list(map(_BATCH_MAX_BYTES.__ge__, map(len, datas)))
-        if all(short):
-            deque(map(out.__setitem__, todo, merge_pieces(self._pair_table, datas)), 0)
-        else:
-            long = list(map(not_, short))
-            batched = merge_pieces(self._pair_table, list(compress(datas, short)))
-            deque(map(out.__setitem__, compress(todo, short), batched), 0)
-            deque(map(out.__setitem__, compress(todo, long), map(self._bpe, compress(datas, long))), 0)
+        batched = merge_pieces(self._pair_table, list(compress(datas, short)))
+        deque(map(out.__setitem__, compress(todo, short), batched), 0)
+        long = list(map(not_, short))  # rare: one by one
+        deque(map(out.__setitem__, compress(todo, long), map(self._bpe, compress(datas, long))), 0)
         return out
 
     @cached_property
