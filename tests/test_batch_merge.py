@@ -47,6 +47,7 @@ def test_rank_is_by_bytes_not_by_the_merge_pair():
     assert tok._bpe(b"xabc") == (ord("x"), 258)
     pieces = [b"xabc", b"abcabc", b"bcab", b"cabx"]
     assert batched(tok, pieces) == {p: tok._bpe(p) for p in pieces}
+    assert merge_pieces(PairTable(tok._encoder, tok._ranks), []) == []  # every miss too long to batch
 
 
 @settings(max_examples=25, deadline=None)
