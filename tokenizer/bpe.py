@@ -340,11 +340,12 @@ def bpe_merges(
         # The words that may hold the pair; those that no longer do fail the `in` test.
         candidates = byte_pairs.words_with(a, b) if a < 256 and b < 256 else new_pairs.words_with(a, b)
         pair_text, new_text = chr(a) + chr(b), chr(new)
+        candidate_words = words[candidates]
         held = np.fromiter(
-            map(str.__contains__, words[candidates], repeat(pair_text)), dtype=bool, count=len(candidates)
+            map(str.__contains__, candidate_words, repeat(pair_text)), dtype=bool, count=len(candidates)
         )
         ids = candidates[held]
-        old_words = words[ids].tolist()
+        old_words = candidate_words[held].tolist()  # the words already gathered, not a second gather
         new_words = list(map(str.replace, old_words, repeat(pair_text), repeat(new_text)))
         words[ids] = new_words
 
