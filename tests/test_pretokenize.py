@@ -86,6 +86,21 @@ def test_count_pretokens_on_real_text(fixture_file, name):
     assert count_pretokens(text, [EOT]) == reference_counts(text, [EOT])
 
 
+def test_words_that_occur_once_are_pretokenized_together_only_where_that_is_exact():
+    """Words seen once are joined and split in one regex call; the first and last piece of each text
+    (which may start with a non-space character or be all white space) must not join them: "x" + "y"
+    would be one pre-token, and "\n" + " z" would change the white-space rule."""
+    text = "ab" + EOT + "cd ef  " + EOT + "\n" + EOT + "gh ij's 12 kl\n\n" + EOT + " mn" + EOT + "op"
+    words = pretokenize.Words()
+    words.add(text, splitting.special_regex([EOT]))
+    assert set(words.edges) == {"ab", "cd", "  ", "\n", "gh", "\n\n", " mn", "op"}
+    assert all(n == 1 for n in words.inner.values())  # the joined path does all of the inner words
+    counts: Counter[str] = Counter()
+    words.pretokenize_into(counts)
+    assert counts == reference_counts(text, [EOT])
+    assert len(words) == 0
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=st.one_of(texts, unicode_texts), special_tokens=specials, data=st.data())
 def test_find_boundary_is_safe(text, special_tokens, data):

@@ -269,20 +269,18 @@ def bpe_merges(
     symbol_id = {s: i for i, s in enumerate(symbols)}  # bytes -> symbol id
     order_key = [_order_key(s) for s in symbols]
 
-    text_words: list[str] = []  # one character per symbol
-    counts: list[int] = []
-    n_single = 0  # single-byte words never change; only their weight in n_tokens matters
-    for token, count in word_counts.items():
-        if len(token) < 2:
-            n_single += count
-        else:
-            text_words.append(token.decode("latin-1"))  # byte i -> chr(i)
-            counts.append(count)
-    freqs = np.array(counts, dtype=np.int64)  # word id -> its count
+    tokens = list(word_counts)
+    all_counts = np.fromiter(word_counts.values(), dtype=np.int64, count=len(tokens))
+    longer = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens)) >= 2
+    n_single = int(all_counts[~longer].sum())  # single-byte words never change: only their weight counts
+    # one character per symbol: byte i -> chr(i) (map and compress: no Python statement per word)
+    text_words = list(map(bytes.decode, compress(tokens, longer.tolist()), repeat("latin-1")))
+    freqs = all_counts[longer]  # word id -> its count
+    del tokens, all_counts
     byte_pairs = _BytePairIndex(text_words, freqs)
     words = np.empty(len(text_words), dtype=object)  # word id -> the word; gathered and stored in bulk
     words[:] = text_words
-    del text_words, counts
+    del text_words
 
     pair_counts = {  # pair -> occurrences, weighted by word counts
         (code >> 8) << _SHIFT | (code & 255): int(byte_pairs.counts[code])
@@ -441,7 +439,8 @@ def train(
         chunk_bytes=chunk_bytes,
         progress=pretokenize_progress,
     )
-    word_counts = {token.encode("utf-8"): count for token, count in pretokens.counts.items()}
+    # pre-token as UTF-8 -> count (map and zip: no Python statement per pre-token, ~0.2 s on the long tail)
+    word_counts = dict(zip(map(str.encode, pretokens.counts), pretokens.counts.values(), strict=True))
     pretokens.counts.clear()
     t1 = time.perf_counter()
     result = bpe_merges(word_counts, vocab_size - 256 - len(special_tokens), merge_progress)

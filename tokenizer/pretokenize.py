@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
+import marshal
 import os
 import re
 import select
@@ -23,7 +23,8 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import Callable
-from itertools import pairwise
+from itertools import chain, compress, pairwise, repeat
+from operator import eq, gt
 from typing import BinaryIO
 
 from tokenizer.splitting import WORDS_RE, pretokenize, safe_cuts, special_regex
@@ -57,40 +58,71 @@ class PretokenCounts:
         self.n_special += other.n_special
         self.n_replaced += other.n_replaced
 
-    def to_json(self) -> bytes:
-        return json.dumps([self.n_special, self.n_replaced, self.counts]).encode()
+    # A worker's counts travel to the parent with `marshal`, which reads and writes a dict of str -> int
+    # faster than JSON: ~0.25 s against ~0.65 s for the 480K pre-tokens of 25 MB of long-tailed text,
+    # while the parent waits. Like
+    # pickle it must not be fed untrusted bytes; these come from our own forked child through a pipe.
+    def to_bytes(self) -> bytes:
+        return marshal.dumps((self.n_special, self.n_replaced, dict(self.counts)))
 
     @classmethod
-    def from_json(cls, data: bytes) -> PretokenCounts:
+    def from_bytes(cls, data: bytes) -> PretokenCounts:
         result = cls()
-        result.n_special, result.n_replaced, counts = json.loads(data)
-        result.counts.update(counts)
+        result.n_special, result.n_replaced, counts = marshal.loads(data)
+        dict.update(result.counts, counts)
         return result
 
 
-def count_words(text: str, special_re: re.Pattern[str] | None, words: Counter[str]) -> int:
-    """Add the word-like pieces of ``text`` (``WORDS_RE``) to ``words``; return how many special
-    tokens it contained. Special tokens are cut out first, so no piece (and no pre-token) ever spans
-    or contains one."""
-    pieces = special_re.split(text) if special_re is not None else [text]
-    for piece in pieces[::2]:  # split() puts the special tokens themselves at the odd positions
-        words.update(WORDS_RE.findall(piece))
-    return len(pieces) // 2
+class Words:
+    """The distinct "words" of some text (``WORDS_RE`` pieces: a white-space run and the non-space run
+    after it) with their counts, waiting to be pre-tokenized; ``pretokenize_into`` does that.
 
+    Pre-tokenizing word by word costs a regex call and a Python loop per distinct word: ~1.4 us, about
+    half of training's counting on long-tailed text, where most words of a batch occur once. But a
+    piece from the middle of a text starts with white space and ends with a non-space character, so
+    between two such pieces laid end to end there is a safe cut (``splitting.CUT_RE``): their pre-tokens
+    are those of each. So the words that occur once are joined and pre-tokenized in one regex call, and
+    counted in one C call. The first and last piece of each text are kept apart (``edges``), as they
+    may start with a non-space character or be all white space, and go word by word with the rest.
+    """
 
-def pretokenize_words(words: Counter[str], counts: Counter[str]) -> None:
-    """Add the pre-tokens of every distinct word, times its count, to ``counts``."""
-    for word, n in words.items():
-        for pretoken in pretokenize(word):
-            counts[pretoken] += n
+    def __init__(self) -> None:
+        self.inner: Counter[str] = Counter()  # pieces with white space before and non-space after them
+        self.edges: Counter[str] = Counter()  # the first and last piece of each text
+
+    def __len__(self) -> int:
+        return len(self.inner) + len(self.edges)
+
+    def add(self, text: str, special_re: re.Pattern[str] | None) -> int:
+        """Count the words of ``text``; return how many special tokens it contained. Special tokens
+        are cut out first, so no word (and no pre-token) ever spans or contains one."""
+        pieces = special_re.split(text) if special_re is not None else [text]
+        for piece in pieces[::2]:  # split() puts the special tokens themselves at the odd positions
+            found = WORDS_RE.findall(piece)
+            if found:
+                self.edges.update((found[0], found[-1]) if len(found) > 1 else found)
+                self.inner.update(found[1:-1])
+        return len(pieces) // 2
+
+    def pretokenize_into(self, counts: Counter[str]) -> None:
+        """Add the pre-tokens of every distinct word, times its count, to ``counts``; forget the words."""
+        # (compress and map pick the words in C: a Python loop over them would cost ~0.3 us each)
+        once = compress(self.inner, map(eq, self.inner.values(), repeat(1)))
+        counts.update(pretokenize("".join(once)))  # a safe cut between every two: see the class
+        repeated = compress(self.inner.items(), map(gt, self.inner.values(), repeat(1)))
+        for word, n in chain(repeated, self.edges.items()):
+            for pretoken in pretokenize(word):
+                counts[pretoken] += n
+        self.inner.clear()
+        self.edges.clear()
 
 
 def count_pretokens(text: str, special_tokens: list[str]) -> Counter[str]:
     """The pre-token counts of one in-memory text (what ``count_file`` computes for a file)."""
-    words: Counter[str] = Counter()
-    count_words(text, special_regex(special_tokens), words)
+    words = Words()
+    words.add(text, special_regex(special_tokens))
     counts: Counter[str] = Counter()
-    pretokenize_words(words, counts)
+    words.pretokenize_into(counts)
     return counts
 
 
@@ -349,20 +381,19 @@ def count_ranges(
     range's text. The more text the word counter spans, the fewer times the GPT-2 pattern runs.
     """
     special_re = special_regex(special_tokens)
-    words: Counter[str] = Counter()
+    words = Words()
     result = PretokenCounts()
     with open(path, "rb") as f:
         for start, end in ranges:
             f.seek(start)
             text, replaced = decode_utf8(f.read(end - start))
             result.n_replaced += replaced
-            result.n_special += count_words(text, special_re, words)
+            result.n_special += words.add(text, special_re)
             if len(words) > MAX_WORDS:
-                pretokenize_words(words, result.counts)
-                words.clear()
+                words.pretokenize_into(result.counts)
             if on_chunk is not None:
                 on_chunk(end - start)
-    pretokenize_words(words, result.counts)
+    words.pretokenize_into(result.counts)
     return result
 
 
@@ -379,7 +410,7 @@ def count_file(
     The ranges are split into contiguous groups, one per process (fewer processes for a small file:
     each gets at least ``MIN_CHUNKS_PER_WORKER * chunk_bytes`` bytes). This process counts the first
     group itself while forked workers count the others, so two workers are two processes, not three.
-    A worker sends ``P<bytes>`` after each range and ``R<counts as JSON>`` at the end.
+    A worker sends ``P<bytes>`` after each range and ``R`` + ``PretokenCounts.to_bytes()`` at the end.
     ``progress(bytes_done, file_size)`` is called as the work advances.
     """
     file_size = os.path.getsize(path)
@@ -391,7 +422,7 @@ def count_file(
 
     def work(i: int, send: Callable[[bytes], None]) -> None:  # runs in worker i: groups[i + 1]
         result = count_ranges(path, groups[i + 1], special_tokens, lambda n: send(b"P%d" % n))
-        send(b"R" + result.to_json())
+        send(b"R" + result.to_bytes())
 
     total = PretokenCounts()
     total.num_workers = workers
@@ -409,7 +440,7 @@ def count_file(
                 if message[:1] == b"P":
                     bytes_done += int(message[1:])
                 else:
-                    total.add(PretokenCounts.from_json(message[1:]))
+                    total.add(PretokenCounts.from_bytes(message[1:]))
         if progress is not None:
             progress(bytes_done, file_size)
 
