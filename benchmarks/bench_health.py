@@ -1,12 +1,17 @@
 """What the TensorBoard dashboards cost: ``lit_llm.train`` with the network-health callback (every 50
-steps, the default), with it and the attention maps, and with both off (``callbacks.health=null
-callbacks.attention_maps=null``), in alternating rounds of one process.
+steps, the default), the attention maps and the parameter histograms, and with all three off
+(``callbacks.health=null callbacks.attention_maps=null callbacks.histograms=null``), in alternating
+rounds of one process.
 
 The target for health is an overhead of at most 3 % of step time at the ``ablation_base``
 (``--shape small``) and TinyStories base (``--shape base``) sizes; the attention maps are a cost per
 validation, printed in seconds. Each timed span is the one of ``benchmarks.bench_train``
 (from step ``--warmup`` until the last checkpoint is on disk, one validation included), so it holds
-the health steps at their default rate and one set of attention images.
+the health steps at their default rate and one set of attention images and histograms.
+
+The histograms are also timed on their own against the reference, ``SummaryWriter.add_histogram`` of
+the same tensors (what ``ParameterHistograms`` called before it counted buckets with ``torch.histc``),
+in the same process.
 
     python -m benchmarks.bench_health [--shape small|base] [--steps N] [--rounds 3]
 """
@@ -25,7 +30,9 @@ import torch
 
 from benchmarks.bench_train import CONFIGS, SHAPES, lightning_run, shape_config
 from lit_llm.attention_maps import AttentionMaps
+from lit_llm.callbacks import ParameterHistograms, histogram_fields
 from lit_llm.health import NetworkHealth
+from lit_llm.model import ModelConfig, TransformerLM
 
 SPENT: dict[str, float] = {}  # seconds inside the dashboards' hooks during the current run
 
@@ -48,6 +55,34 @@ def _timed(cls: type, hook: str, key: str) -> None:
 _timed(NetworkHealth, "on_before_optimizer_step", "health")
 _timed(NetworkHealth, "on_train_batch_end", "health")
 _timed(AttentionMaps, "on_validation_end", "attention maps")
+_timed(ParameterHistograms, "on_validation_end", "histograms")
+
+
+def histogram_seconds(model_config: dict, repeats: int = 5) -> tuple[float, float]:
+    """(ours, reference): best seconds to write the weight and gradient histograms of a model of this
+    shape once, through ``histogram_fields`` + ``add_histogram_raw`` and through ``add_histogram``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    model = TransformerLM.from_config(ModelConfig.from_dict(model_config))
+    tokens = torch.randint(0, model_config["vocab_size"], (2, model_config["context_length"]))
+    model(tokens).square().mean().backward()  # gradients of a realistic spread
+    tensors = [
+        (f"{kind}/{name}", t.detach())
+        for name, p in model.named_parameters()
+        for kind, t in (("weights", p), ("grads", p.grad))
+    ]
+    best = {"ours": float("inf"), "reference": float("inf")}
+    with tempfile.TemporaryDirectory() as tmp, SummaryWriter(tmp) as writer:
+        for step in range(repeats):
+            for name in best:  # alternating, so both see the same machine
+                t0 = time.perf_counter()
+                for tag, tensor in tensors:
+                    if name == "ours":
+                        writer.add_histogram_raw(tag, **histogram_fields(tensor), global_step=step)
+                    else:
+                        writer.add_histogram(tag, tensor.float().cpu().numpy(), global_step=step)
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return best["ours"], best["reference"]
 
 
 def experiment_val_interval(shape: str) -> int:
@@ -73,6 +108,7 @@ def main() -> None:
         off = copy.deepcopy(on)
         off["callbacks"]["health"] = None
         off["callbacks"]["attention_maps"] = None
+        off["callbacks"]["histograms"] = None
         every = on["callbacks"]["health"]["every_n_steps"]
         print(
             f"--shape {args.shape}: {steps} steps timed from step {warmup}; health every {every} steps; "
@@ -114,6 +150,16 @@ def main() -> None:
         f"attention maps: {maps_s:.2f} s per validation ({on['model']['num_layers']} images), "
         f"{maps_s / (interval * step_s):.2%} of the {interval} steps between two validations of the "
         "experiment"
+    )
+    histograms_s = statistics.median(s.get("histograms", 0.0) for s in spent)
+    print(
+        f"histograms: {histograms_s:.3f} s per validation in the run, "
+        f"{histograms_s / (interval * step_s):.2%} of the {interval} steps between two validations"
+    )
+    ours, reference = histogram_seconds(on["model"])
+    print(
+        f"histograms of every weight and gradient, best of 5: ours (torch.histc + add_histogram_raw) "
+        f"{ours * 1e3:.1f} ms, add_histogram {reference * 1e3:.1f} ms: {reference / ours:.1f}x faster"
     )
     print(f"load average: {os.getloadavg()}")
 

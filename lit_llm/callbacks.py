@@ -222,11 +222,57 @@ class TextSamples(Callback):
         rank_zero_info(f"samples at step {step}:\n" + "\n".join(f"  {s!r}" for s in samples))
 
 
+HISTOGRAM_BINS = 64
+
+
+def _summary(values: Tensor) -> list[float]:
+    """[min, max, sum, sum of squares] of a 1-D tensor, read in one transfer."""
+    low, high = torch.aminmax(values)
+    return torch.stack([low, high, values.sum(), values.square().sum()]).tolist()
+
+
+def histogram_fields(tensor: Tensor, bins: int = HISTOGRAM_BINS) -> dict[str, Any] | None:
+    """The keyword arguments of ``SummaryWriter.add_histogram_raw`` for the finite values of ``tensor``:
+    ``bins`` equal buckets from its smallest to its largest value, counted by ``torch.histc`` where the
+    tensor lives. None when no value is finite.
+
+    ``add_histogram`` copies each tensor to numpy and counts it into ~1,500 exponential buckets
+    (TensorFlow's layout) before dropping the empty ones: 2 ms per tensor at the ``ablation_base`` size,
+    0.17 s per validation for its 78 tensors, which was more than the validation forward itself.
+    TensorBoard re-buckets what it draws anyway (about 30 bars), so equal buckets lose nothing it shows.
+    A bucket's right edge is its ``bucket_limits`` entry, its left edge the previous one (``min`` for the
+    first), as TensorBoard reads them.
+    """
+    values = tensor.detach().flatten().float()  # (n,)
+    low, high, total, squares = _summary(values)  # one device sync
+    if not all(math.isfinite(x) for x in (low, high, total, squares)):  # NaN or inf somewhere: drop them
+        values = values[torch.isfinite(values)]
+        if values.numel() == 0:
+            return None
+        low, high, total, squares = _summary(values)
+    if low == high:  # one value: one bucket holds it
+        limits, counts = [high], [float(values.numel())]
+    else:
+        counts = torch.histc(values, bins=bins, min=low, max=high).tolist()
+        step = (high - low) / bins
+        limits = [low + step * (i + 1) for i in range(bins - 1)] + [high]
+    return {
+        "min": low,
+        "max": high,
+        "num": values.numel(),
+        "sum": total,
+        "sum_squares": squares,
+        "bucket_limits": limits,
+        "bucket_counts": counts,
+    }
+
+
 class ParameterHistograms(Callback):
     """After every validation, a histogram of each weight and of its gradient (TensorBoard's
     HISTOGRAMS and DISTRIBUTIONS tabs): ``weights/<name>`` and ``grads/<name>``, one per parameter
     tensor (``model.layers.0.attn.q_proj.weight``, ...), so a layer whose weights drift or whose
     gradients vanish is seen at a glance. Rank 0 writes; turn it off with ``callbacks.histograms=null``.
+    The buckets are counted where the tensors live (``histogram_fields``): no copy to the host.
 
     Lightning drops the gradients (``set_to_none``) right after each optimizer step, so by validation
     they are gone: each step, this keeps a reference to that step's gradient tensors (no copy; the
@@ -234,7 +280,10 @@ class ParameterHistograms(Callback):
     used by the optimizer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, bins: int = HISTOGRAM_BINS) -> None:
+        if not (isinstance(bins, int) and bins >= 1):
+            raise ValueError(f"bins={bins!r}: expected a positive integer")
+        self.bins = bins
         self._grads: dict[str, Tensor] = {}
         # (name, parameter) pairs, listed at the first step: walking the module tree every step costs
         # ~0.1 ms at the ablation_base size. The parameters of a fit stay the same objects (a resume or
@@ -258,13 +307,12 @@ class ParameterHistograms(Callback):
             return
         step = trainer.global_step
         for name, param in pl_module.named_parameters():
-            values = {"weights": param.detach(), "grads": self._grads.get(name)}
-            for kind, tensor in values.items():
-                if tensor is None:
+            for kind, tensor in (("weights", param), ("grads", self._grads.get(name))):
+                fields = histogram_fields(tensor, self.bins) if tensor is not None else None
+                if fields is None:
                     continue
-                data = tensor.detach().float().cpu().numpy()  # one copy per tensor, once per validation
                 for writer in writers:
-                    writer.add_histogram(f"{kind}/{name}", data, global_step=step)
+                    writer.add_histogram_raw(f"{kind}/{name}", **fields, global_step=step)
 
 
 def _markdown_quote(text: str) -> str:

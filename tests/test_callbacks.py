@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -18,9 +19,11 @@ from test_module import TinyData, make_module, make_trainer
 from lit_llm.callbacks import (
     NonFiniteLossError,
     NonFiniteLossGuard,
+    ParameterHistograms,
     TextSamples,
     TokenThroughput,
     compute_precision,
+    histogram_fields,
     lookup_peak_flops,
     sample_tokens,
 )
@@ -203,3 +206,60 @@ def test_progress_bar_reads_metrics_only_on_logging_steps(monkeypatch) -> None:
     trainer.fit(make_module(), datamodule=TinyData())
     assert reads == [1, 3, 6, 9]  # the first batch, then logging steps only: not after every batch
     assert bar.train_progress_bar.description == "train"  # not Lightning's "Epoch 0/-2"
+
+
+def test_histogram_fields_count_each_value_in_its_equal_bucket() -> None:
+    """Values at the centres of 64 unit buckets between 0 and 64 (plus both ends): each counted in its
+    own bucket, as numpy counts them; non-finite values are left out of every field."""
+    g = torch.Generator().manual_seed(0)
+    per_bucket = torch.randint(0, 5, (64,), generator=g)
+    centres = torch.repeat_interleave(torch.arange(64) + 0.5, per_bucket)
+    values = torch.cat([centres, torch.tensor([0.0, 64.0, float("nan"), float("inf"), -float("inf")])])
+    values = values[torch.randperm(values.numel(), generator=g)].reshape(-1, 1)
+    fields = histogram_fields(values, bins=64)
+    finite = values[torch.isfinite(values)].double().numpy()
+    counts, edges = np.histogram(finite, bins=64, range=(0.0, 64.0))
+    assert fields["bucket_counts"] == counts.tolist()
+    assert fields["bucket_limits"] == pytest.approx(edges[1:].tolist(), abs=1e-9)
+    assert (fields["min"], fields["max"], fields["num"]) == (0.0, 64.0, finite.size)
+    assert fields["sum"] == pytest.approx(finite.sum(), rel=1e-6)
+    assert fields["sum_squares"] == pytest.approx((finite**2).sum(), rel=1e-6)
+
+
+def test_histogram_fields_of_a_constant_and_of_nothing_finite() -> None:
+    ones = histogram_fields(torch.ones(3, 5))  # a norm gain at initialisation
+    assert (ones["bucket_limits"], ones["bucket_counts"], ones["num"]) == ([1.0], [15.0], 15)
+    assert histogram_fields(torch.full((4,), float("nan"))) is None
+    random = histogram_fields(torch.randn(1000, generator=torch.Generator().manual_seed(1)), bins=30)
+    assert len(random["bucket_counts"]) == len(random["bucket_limits"]) == 30
+    assert sum(random["bucket_counts"]) == 1000 and random["bucket_limits"][-1] == random["max"]
+
+
+def test_parameter_histograms_reach_tensorboard(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    trainer = make_trainer(
+        max_steps=2,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        logger=logger,
+        callbacks=[ParameterHistograms(bins=16)],
+    )
+    module = make_module()
+    trainer.fit(module, datamodule=TinyData())
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    events.Reload()
+    names = [name for name, _ in module.named_parameters()]
+    assert sorted(events.Tags()["histograms"]) == sorted(
+        f"{k}/{n}" for k in ("weights", "grads") for n in names
+    )
+    weight = module.model.lm_head.weight.detach()
+    (written,) = events.Histograms("weights/model.lm_head.weight")
+    assert written.step == 2 and written.histogram_value.num == weight.numel()
+    assert written.histogram_value.min == pytest.approx(float(weight.min()))
+    assert written.histogram_value.max == pytest.approx(float(weight.max()))
+    assert sum(written.histogram_value.bucket) == weight.numel()
