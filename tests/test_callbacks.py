@@ -230,6 +230,7 @@ def test_histogram_fields_of_a_constant_and_of_nothing_finite() -> None:
     ones = histogram_fields(torch.ones(3, 5))  # a norm gain at initialisation
     assert (ones["bucket_limits"], ones["bucket_counts"], ones["num"]) == ([1.0], [15.0], 15)
     assert histogram_fields(torch.full((4,), float("nan"))) is None
+    assert histogram_fields(torch.empty(0, 3)) is None
     random = histogram_fields(torch.randn(1000, generator=torch.Generator().manual_seed(1)), bins=30)
     assert len(random["bucket_counts"]) == len(random["bucket_limits"]) == 30
     assert sum(random["bucket_counts"]) == 1000 and random["bucket_limits"][-1] == random["max"]
