@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from test_module import MODEL, TinyData, make_module, make_trainer
+from test_module import MODEL, fit_to_tensorboard
 from tiny_lm import one_thread  # noqa: F401  (an autouse fixture)
 
 from lit_llm.attention_maps import AttentionMaps, LayerFigure, draw_layer, token_labels
@@ -18,22 +17,9 @@ from lit_llm.attention_maps import AttentionMaps, LayerFigure, draw_layer, token
 
 def test_one_image_per_layer_at_each_validation(tmp_path: Path) -> None:
     import matplotlib.image
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     maps = AttentionMaps(prompt="the cat sat on the mat", max_tokens=10)
-    logger = TensorBoardLogger(tmp_path, name="", version="")
-    trainer = make_trainer(
-        max_steps=2,
-        val_check_interval=1,
-        check_val_every_n_epoch=None,
-        limit_val_batches=1,
-        logger=logger,
-        callbacks=[maps],
-    )
-    trainer.fit(make_module(), datamodule=TinyData())
-    logger.experiment.flush()
-    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
-    events.Reload()
+    events = fit_to_tensorboard(tmp_path, maps, max_steps=2, val_check_interval=1)
     tags = [f"attention/layers.{i}" for i in range(MODEL["num_layers"])]
     assert sorted(events.Tags()["images"]) == tags
     assert len(maps.last_images) == MODEL["num_layers"]

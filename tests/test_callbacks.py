@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
-from test_module import TinyData, make_module, make_trainer
+from test_module import TinyData, fit_to_tensorboard, make_module, make_trainer
 
 from lit_llm.callbacks import (
     NonFiniteLossError,
@@ -237,23 +237,10 @@ def test_histogram_fields_of_a_constant_and_of_nothing_finite() -> None:
 
 
 def test_parameter_histograms_reach_tensorboard(tmp_path: Path) -> None:
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    logger = TensorBoardLogger(tmp_path, name="", version="")
-    trainer = make_trainer(
-        max_steps=2,
-        val_check_interval=2,
-        check_val_every_n_epoch=None,
-        limit_val_batches=1,
-        logger=logger,
-        callbacks=[ParameterHistograms(bins=16)],
-    )
     module = make_module()
-    trainer.fit(module, datamodule=TinyData())
-    logger.experiment.flush()
-    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
-    events.Reload()
+    events = fit_to_tensorboard(
+        tmp_path, ParameterHistograms(bins=16), max_steps=2, val_check_interval=2, module=module
+    )
     names = [name for name, _ in module.named_parameters()]
     assert sorted(events.Tags()["histograms"]) == sorted(
         f"{k}/{n}" for k in ("weights", "grads") for n in names

@@ -104,6 +104,29 @@ def make_trainer(**kwargs) -> pl.Trainer:
     return pl.Trainer(**defaults)
 
 
+def fit_to_tensorboard(tmp_path, callback: Callback, *, max_steps: int, val_check_interval: int, module=None):
+    """Fit ``module`` (default: ``make_module()``) on ``TinyData`` with ``callback`` and a TensorBoard
+    logger writing into ``tmp_path``, one validation batch every ``val_check_interval`` steps; returns
+    the run's events, read back whole (tensorboard's ``EventAccumulator``)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    trainer = make_trainer(
+        max_steps=max_steps,
+        val_check_interval=val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        logger=logger,
+        callbacks=[callback],
+    )
+    trainer.fit(module if module is not None else make_module(), datamodule=TinyData())
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    return events
+
+
 class Record(Callback):
     """Keeps the logged scalars of every optimizer step."""
 
