@@ -1,5 +1,6 @@
-"""Training speed through `lit_llm.train` (Lightning, as a user runs it) against plain PyTorch loops, in
-the same process, in rounds whose order turns (each runner first, second and third once in 3 rounds).
+"""Training speed through `lit_llm.train` (Lightning, as a user runs it) against plain PyTorch loops, each
+run in a fresh interpreter, in rounds whose order turns (each runner first, second and third once in 3
+rounds).
 
 Three ways to do the same training, timed over the same span:
 
@@ -29,6 +30,9 @@ checkpoint, and reading the loss every ``log_every_n_steps`` steps. Shapes:
 ``torch.autocast("cpu", torch.bfloat16)`` around the plain loops' forward (the loss in float32); on CPUs
 with bf16 instructions (AVX512-BF16, AMX) its matmuls run several times faster than float32's.
 Two clocks: wall time, and the process's CPU time (steadier on a shared machine with ``--threads 1``).
+Every run is its own process (``--run``, internal): one run after another in a single process, the later
+ones ran in what the earlier ones left (the plain loop at ablation_base: 18.1-19.6K tokens/s in a fresh
+process, 15.5K after a ``lit_llm.train`` run in the same one).
 
     python -m benchmarks.bench_train [--shape small|base|quickstart] [--compile]
         [--precision 32-true|bf16-mixed] [--steps N] [--warmup N] [--rounds 3] [--threads N]
@@ -38,6 +42,7 @@ Two clocks: wall time, and the process's CPU time (steadier on a shared machine 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -89,7 +94,9 @@ def shape_config(
     of ``small`` is replaced by the copy in tests/fixtures (this machine may be offline)."""
     raw = root / "data" / "raw" / "shakespeare" / "input.txt"
     raw.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(FIXTURES / "tinyshakespeare.txt", raw)
+    fixture = FIXTURES / "tinyshakespeare.txt"
+    if not raw.is_file() or raw.read_bytes() != fixture.read_bytes():  # a new copy: its tokens again
+        shutil.copyfile(fixture, raw)
     overrides = [
         *SHAPES[shape],
         f"paths.root_dir={root}",
@@ -255,6 +262,32 @@ def quickstart_wall_time() -> tuple[float, str, float]:
         return elapsed, done.group(0) if done else "(no summary line)", entropy
 
 
+RUNNERS = ("plain built-in loop", "our model, bare loop", "lit_llm.train")
+
+
+def run(name: str, config: dict, warmup: int, run_dir: Path, compile_: bool) -> tuple[float, float]:
+    """(wall, CPU) seconds of runner ``name`` (one of ``RUNNERS``) over the timed span, in this process."""
+    if name == "lit_llm.train":
+        return lightning_run(config, warmup, run_dir)
+    return plain_run(config, warmup, run_dir, builtin=name == "plain built-in loop", compile_=compile_)
+
+
+def run_in_fresh_process(
+    name: str, args: argparse.Namespace, root: Path, run_dir: Path
+) -> tuple[float, float]:
+    """``run`` in a new interpreter (this module with ``--run``), over the data prepared under ``root``."""
+    command = [sys.executable, "-m", "benchmarks.bench_train", "--run", name, "--root", str(root)]
+    command += ["--run-dir", str(run_dir), "--shape", args.shape, "--precision", args.precision]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += ["--compile"] * args.compile + (["--threads", str(args.threads)] if args.threads else [])
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    found = re.findall(r"^RESULT (.*)$", done.stdout, flags=re.MULTILINE)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"run {name!r} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    result = json.loads(found[-1])
+    return result["wall"], result["cpu"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
@@ -267,11 +300,22 @@ def main() -> None:
     parser.add_argument(
         "--skip-quickstart", action="store_true", help="--shape quickstart: skip the from-nothing run"
     )
+    # One run in this process (what each round starts, in a fresh interpreter per run).
+    parser.add_argument("--run", choices=RUNNERS, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps = args.steps or {"small": 300, "base": 60, "quickstart": 90}[args.shape]
-    warmup = args.warmup if args.warmup is not None else max(steps // 6, 10 if args.compile else 1)
+    args.steps = steps = args.steps or {"small": 300, "base": 60, "quickstart": 90}[args.shape]
+    args.warmup = warmup = (
+        args.warmup if args.warmup is not None else max(steps // 6, 10 if args.compile else 1)
+    )
+    if args.run:
+        config = shape_config(args.shape, args.root, steps, steps // 2 + 5, args.compile, args.precision)
+        wall, cpu = run(args.run, config, warmup, args.run_dir, args.compile)
+        print("RESULT " + json.dumps({"wall": wall, "cpu": cpu}))
+        return
 
     print(f"load average: {os.getloadavg()}; torch {torch.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,23 +326,21 @@ def main() -> None:
             f"--shape {args.shape}{' --compile' if args.compile else ''} --precision {args.precision}: "
             f"d_model {model['d_model']}, "
             f"{model['num_layers']} layers, context {model['context_length']}, vocab {model['vocab_size']}; "
-            f"batch {data['batch_size']}; {steps} steps, timed from step {warmup} ({tokens} tokens)"
+            f"batch {data['batch_size']}; {steps} steps, timed from step {warmup} ({tokens} tokens); "
+            "each run in a fresh process"
         )
-        compiled = args.compile
-        runners = {
-            "plain built-in loop": lambda d: plain_run(config, warmup, d, builtin=True, compile_=compiled),
-            "our model, bare loop": lambda d: plain_run(config, warmup, d, builtin=False, compile_=compiled),
-            "lit_llm.train": lambda d: lightning_run(config, warmup, d),
-        }
-        results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runners}
-        numbered = list(enumerate(runners.items()))
+        # Prepared once here (tokens, tokenizer), so that no run's process spends its start on it.
+        from hydra.utils import instantiate
+
+        instantiate(config["data"], _convert_="all").prepare_data()
+        results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in RUNNERS}
+        numbered = list(enumerate(RUNNERS))
         for round_ in range(args.rounds):
             # The order turns each round (a Latin square over 3 rounds), so that no runner always has
-            # the same place: on a 2-core VM the plain loop ran 11.4K tokens/s first in its round and
-            # 10.0-10.1K second and third (ablation_base), and it used to always go first.
+            # the same place in a burst of load elsewhere.
             turn = round_ % len(numbered)
-            for i, (name, run) in numbered[turn:] + numbered[:turn]:
-                wall, cpu = run(Path(tmp) / f"run{i}-{round_}")
+            for i, name in numbered[turn:] + numbered[:turn]:
+                wall, cpu = run_in_fresh_process(name, args, Path(tmp), Path(tmp) / f"run{i}-{round_}")
                 results[name]["wall"].append(tokens / wall)
                 results[name]["cpu"].append(tokens / cpu)
                 print(
