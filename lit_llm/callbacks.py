@@ -283,7 +283,7 @@ class ParameterHistograms(Callback):
     """
 
     def __init__(self, bins: int = HISTOGRAM_BINS) -> None:
-        if not (isinstance(bins, int) and bins >= 1):
+        if isinstance(bins, bool) or not (isinstance(bins, int) and bins >= 1):  # True is an int
             raise ValueError(f"bins={bins!r}: expected a positive integer")
         self.bins = bins
         self._grads: dict[str, Tensor] = {}

@@ -251,3 +251,9 @@ def test_parameter_histograms_reach_tensorboard(tmp_path: Path) -> None:
     assert written.histogram_value.min == pytest.approx(float(weight.min()))
     assert written.histogram_value.max == pytest.approx(float(weight.max()))
     assert sum(written.histogram_value.bucket) == weight.numel()
+
+
+@pytest.mark.parametrize("bins", [0, -3, 2.5, True, "64"])
+def test_parameter_histograms_refuse_a_bucket_count_that_is_no_positive_integer(bins) -> None:
+    with pytest.raises(ValueError, match=rf"^bins={bins!r}: expected a positive integer$"):
+        ParameterHistograms(bins=bins)
