@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +81,10 @@ def joined(per_doc: list[list[int]], eot: int) -> list[int]:
 
 
 def encoders(tok: Tokenizer, text: str, path: Path, workers: int, out: Path) -> dict:
-    """name -> (run, check): ``run()`` encodes the corpus once, cold; ``check(result, reference)`` tells
-    whether its ids are ours (None where the result is not comparable: ``encode_ordinary`` leaves
-    ``<|endoftext|>`` as text)."""
-    tk, hf = tiktoken_gpt2(tok), hf_gpt2()
+    """name -> (build, check). ``build()`` makes the encoder (untimed) and returns ``run``, which encodes
+    the corpus once, cold; ``check(result, reference)`` tells whether its ids are ours (None where the
+    result is not comparable: ``encode_ordinary`` leaves ``<|endoftext|>`` as text). Nothing is built
+    until ``build`` is called, so a process measuring one encoder holds no other."""
     docs = text.split(EOT)
     eot = tok.eot_id
 
@@ -93,20 +95,31 @@ def encoders(tok: Tokenizer, text: str, path: Path, workers: int, out: Path) -> 
         encode_file(path, out, fresh(), num_workers=workers, progress=False)
         return np.load(out)
 
+    def built_with(make: Callable, call: Callable) -> Callable[[], Callable]:
+        def build() -> Callable:
+            encoder = make()
+            return lambda: call(encoder)
+
+        return build
+
+    make_tiktoken = partial(tiktoken_gpt2, tok)
     return {
-        "ours Tokenizer.encode, 1 process": (lambda: fresh().encode(text), lambda r, ref: r == ref),
-        f"ours encode_file, {workers} workers": (encode_file_ids, lambda r, ref: r.tolist() == ref),
-        "tiktoken encode_ordinary, 1 thread": (lambda: tk.encode_ordinary(text), None),
+        "ours Tokenizer.encode, 1 process": (lambda: lambda: fresh().encode(text), lambda r, ref: r == ref),
+        f"ours encode_file, {workers} workers": (lambda: encode_file_ids, lambda r, ref: r.tolist() == ref),
+        "tiktoken encode_ordinary, 1 thread": (
+            built_with(make_tiktoken, lambda tk: tk.encode_ordinary(text)),
+            None,
+        ),
         "tiktoken encode(allowed_special='all'), 1 thread": (
-            lambda: tk.encode(text, allowed_special="all"),
+            built_with(make_tiktoken, lambda tk: tk.encode(text, allowed_special="all")),
             lambda r, ref: r == ref,
         ),
         f"tiktoken encode_ordinary_batch, {workers} threads": (
-            lambda: tk.encode_ordinary_batch(docs, num_threads=workers),
+            built_with(make_tiktoken, lambda tk: tk.encode_ordinary_batch(docs, num_threads=workers)),
             lambda r, ref: joined(r, eot) == ref,
         ),
         "HF tokenizers encode_batch (Rayon, all cores)": (
-            lambda: hf.encode_batch(docs, add_special_tokens=False),
+            built_with(hf_gpt2, lambda hf: hf.encode_batch(docs, add_special_tokens=False)),
             lambda r, ref: joined([e.ids for e in r], eot) == ref,
         ),
     }
@@ -118,8 +131,8 @@ def measure(name: str, path: Path, reference_path: Path, workers: int) -> dict:
     text = path.read_text(encoding="utf-8")
     tok = ours()
     with tempfile.TemporaryDirectory() as tmp:
-        run, check = encoders(tok, text, path, workers, Path(tmp) / "tokens.npy")[name]
-        result, seconds = timed(run)
+        build, check = encoders(tok, text, path, workers, Path(tmp) / "tokens.npy")[name]
+        result, seconds = timed(build())
         same = None if check is None else bool(check(result, np.load(reference_path).tolist()))
     return {"seconds": seconds, "same": same}
 
@@ -176,8 +189,8 @@ def bench_corpus(path: Path, workers: int, rounds: int) -> None:
         f"load average {load:.2f}"
     )
     tok = ours()
-    names = list(encoders(tok, "", path, workers, path))  # the names only: nothing runs
     with tempfile.TemporaryDirectory() as tmp:
+        names = list(encoders(tok, "", path, workers, Path(tmp) / "unused.npy"))  # nothing is built
         reference_path = Path(tmp) / "reference.npy"
         ids = tok.encode(text)
         np.save(reference_path, np.fromiter(ids, dtype=np.uint16, count=len(ids)))

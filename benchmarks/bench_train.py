@@ -279,7 +279,10 @@ def run_in_fresh_process(
     command = [sys.executable, "-m", "benchmarks.bench_train", "--run", name, "--root", str(root)]
     command += ["--run-dir", str(run_dir), "--shape", args.shape, "--precision", args.precision]
     command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    command += ["--compile"] * args.compile + (["--threads", str(args.threads)] if args.threads else [])
+    if args.compile:
+        command.append("--compile")
+    if args.threads:
+        command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
     found = re.findall(r"^RESULT (.*)$", done.stdout, flags=re.MULTILINE)
     if done.returncode != 0 or not found:
