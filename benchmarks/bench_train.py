@@ -1,6 +1,5 @@
 """Training speed through `lit_llm.train` (Lightning, as a user runs it) against plain PyTorch loops, each
-run in a fresh interpreter, in rounds whose order turns (each runner first, second and third once in 3
-rounds).
+run in a fresh interpreter; the three runs of a round take turns, a tenth of the timed steps at a time.
 
 Three ways to do the same training, timed over the same span:
 
@@ -32,10 +31,14 @@ with bf16 instructions (AVX512-BF16, AMX) its matmuls run several times faster t
 Two clocks: wall time, and the process's CPU time (steadier on a shared machine with ``--threads 1``).
 Every run is its own process (``--run``, internal): one run after another in a single process, the later
 ones ran in what the earlier ones left (the plain loop at ablation_base: 18.1-19.6K tokens/s in a fresh
-process, 15.5K after a ``lit_llm.train`` run in the same one).
+process, 15.5K after a ``lit_llm.train`` run in the same one). The three processes of a round take turns
+(``Turns``): each runs ``--block`` steps (a tenth of the timed span), stops, and waits while the others
+run theirs, so that all three meet the same drifts of this shared machine's speed (per-25-step medians of
+one run ranged over 46-85 ms a step within 15 s); run one after another, whole runs of the same loop
+differed by 15-19.6K tokens/s.
 
     python -m benchmarks.bench_train [--shape small|base|quickstart] [--compile]
-        [--precision 32-true|bf16-mixed] [--steps N] [--warmup N] [--rounds 3] [--threads N]
+        [--precision 32-true|bf16-mixed] [--steps N] [--warmup N] [--block N] [--rounds 3] [--threads N]
         [--skip-quickstart]
 """
 
@@ -115,37 +118,82 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _since(start: tuple[float, float]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) since ``start``."""
-    wall, cpu = _now()
-    return wall - start[0], cpu - start[1]
+class Turns:
+    """The clock of one run, and its turns on the machine when runs take turns (``--turn-fds``).
+
+    The timed span starts at step ``warmup`` and ends with the run; ``at_step`` is called at the start
+    of every step. Alone (``fds=None``) that is one stretch of time. Taking turns, the run also stops
+    at every ``block`` steps of the span: it tells the parent (one byte on its pipe) and waits for
+    the byte that says go; only the time between a go and the next stop counts. The parent lets the
+    runs of a round go one block at a time, in turn, so all of them meet the same bursts of load from
+    elsewhere (on this shared 2-core machine a run's speed drifts by 20-40% over a few seconds).
+    """
+
+    def __init__(self, warmup: int, block: int, fds: tuple[int, int] | None = None) -> None:
+        self.warmup, self.block, self.fds = warmup, max(1, block), fds
+        self.spent = (0.0, 0.0)  # (wall, CPU) seconds counted so far
+        self._since: tuple[float, float] | None = None  # start of the stretch being counted
+        self._last_step = -1
+
+    def wait_for_turn(self) -> None:
+        """Hand the machine back to the parent and wait until it is this run's turn (alone: return)."""
+        if self.fds is None:
+            return
+        ready, go = self.fds
+        os.write(ready, b"R")
+        if os.read(go, 1) != b"G":
+            raise RuntimeError("bench_train: the parent process went away")
+
+    def _stop(self) -> None:
+        if self._since is not None:
+            wall, cpu = _now()
+            self.spent = (self.spent[0] + wall - self._since[0], self.spent[1] + cpu - self._since[1])
+            self._since = None
+
+    def at_step(self, step: int) -> None:
+        if step == self._last_step:  # a later micro-batch of the same optimizer step
+            return
+        self._last_step = step
+        if step == self.warmup or (step > self.warmup and (step - self.warmup) % self.block == 0):
+            self._stop()
+            self.wait_for_turn()
+            self._since = _now()
+
+    def total(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of the timed span, the run being over."""
+        if self._last_step < self.warmup:
+            raise RuntimeError(f"the run ended at step {self._last_step}, before the timed span began")
+        self._stop()
+        return self.spent
 
 
-class _StartClock(Callback):
-    def __init__(self, at_step: int) -> None:
-        self.at_step, self.start = at_step, None
+class _TurnsCallback(Callback):
+    def __init__(self, turns: Turns) -> None:
+        self.turns = turns
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.start is None and trainer.global_step == self.at_step:
-            self.start = _now()
+        self.turns.at_step(trainer.global_step)
 
 
-def lightning_run(config: dict, warmup: int, run_dir: Path) -> tuple[float, float]:
-    """(wall, CPU) seconds from the start of step ``warmup`` until fit() returns (last checkpoint written)."""
+def lightning_run(
+    config: dict, warmup: int, run_dir: Path, turns: Turns | None = None
+) -> tuple[float, float]:
+    """(wall, CPU) seconds from the start of step ``warmup`` until fit() returns (last checkpoint written);
+    with ``turns``, only the stretches it counts."""
     config["paths"]["output_dir"] = str(run_dir)
     for node in config["callbacks"].values():
         if node and "dirpath" in node:
             node["dirpath"] = str(run_dir / "checkpoints")
     config["logger"]["tensorboard"]["save_dir"] = str(run_dir)
     trainer, module, datamodule = build(config)
-    clock = _StartClock(warmup)
-    trainer.callbacks.insert(0, clock)
+    turns = turns or Turns(warmup, block=config["trainer"]["max_steps"])
+    trainer.callbacks.insert(0, _TurnsCallback(turns))
     trainer.fit(module, datamodule=datamodule, weights_only=True)
-    return _since(clock.start)
+    return turns.total()
 
 
 def plain_run(
-    config: dict, warmup: int, run_dir: Path, *, builtin: bool, compile_: bool
+    config: dict, warmup: int, run_dir: Path, *, builtin: bool, compile_: bool, turns: Turns | None = None
 ) -> tuple[float, float]:
     """The same training as a plain loop: PyTorch built-ins (``builtin``) or our pieces, with the forward
     under bfloat16 autocast where the config's ``trainer.precision`` is ``bf16-mixed``.
@@ -213,10 +261,9 @@ def plain_run(
         )
 
     rng = np.random.default_rng(config["seed"])
-    start = None
+    turns = turns or Turns(warmup, block=steps)
     for step in range(steps):
-        if step == warmup:
-            start = _now()
+        turns.at_step(step)
         x, y = get_batch(train_tokens, batch, context, "cpu", rng)
         loss = loss_fn(forward(x), y)
         loss.backward()
@@ -234,7 +281,7 @@ def plain_run(
             assert math.isfinite(total)
             checkpoint(step + 1)
     checkpoint(steps)
-    return _since(start)
+    return turns.total()
 
 
 def quickstart_wall_time() -> tuple[float, str, float]:
@@ -265,30 +312,86 @@ def quickstart_wall_time() -> tuple[float, str, float]:
 RUNNERS = ("plain built-in loop", "our model, bare loop", "lit_llm.train")
 
 
-def run(name: str, config: dict, warmup: int, run_dir: Path, compile_: bool) -> tuple[float, float]:
+def run(
+    name: str, config: dict, warmup: int, run_dir: Path, compile_: bool, turns: Turns | None = None
+) -> tuple[float, float]:
     """(wall, CPU) seconds of runner ``name`` (one of ``RUNNERS``) over the timed span, in this process."""
     if name == "lit_llm.train":
-        return lightning_run(config, warmup, run_dir)
-    return plain_run(config, warmup, run_dir, builtin=name == "plain built-in loop", compile_=compile_)
+        return lightning_run(config, warmup, run_dir, turns)
+    builtin = name == "plain built-in loop"
+    return plain_run(config, warmup, run_dir, builtin=builtin, compile_=compile_, turns=turns)
 
 
-def run_in_fresh_process(
-    name: str, args: argparse.Namespace, root: Path, run_dir: Path
-) -> tuple[float, float]:
-    """``run`` in a new interpreter (this module with ``--run``), over the data prepared under ``root``."""
-    command = [sys.executable, "-m", "benchmarks.bench_train", "--run", name, "--root", str(root)]
-    command += ["--run-dir", str(run_dir), "--shape", args.shape, "--precision", args.precision]
-    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    if args.compile:
-        command.append("--compile")
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
-    found = re.findall(r"^RESULT (.*)$", done.stdout, flags=re.MULTILINE)
-    if done.returncode != 0 or not found:
-        raise RuntimeError(f"run {name!r} failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    result = json.loads(found[-1])
-    return result["wall"], result["cpu"]
+class _Child:
+    """One run of a round: its process, its two pipes (its stops in, our go's out) and its output file."""
+
+    def __init__(self, name: str, command: list[str], output: Path) -> None:
+        self.name, self.output = name, output
+        self.stops, child_stops = os.pipe()  # the child writes a byte at each stop
+        child_go, self.go = os.pipe()  # we write one when it may go on
+        command = [*command, "--turn-fds", f"{child_stops},{child_go}"]
+        with output.open("w") as sink:  # a file, not a pipe: a child is never blocked on its own output
+            self.process = subprocess.Popen(
+                command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, pass_fds=(child_stops, child_go)
+            )
+        os.close(child_stops)
+        os.close(child_go)
+
+    def next_stop(self) -> bool:
+        """Wait for the child's next stop; False once it has exited (its end of the pipe closed)."""
+        return os.read(self.stops, 1) == b"R"
+
+    def go_on(self) -> None:
+        os.write(self.go, b"G")
+
+    def result(self) -> tuple[float, float]:
+        self.process.wait()
+        os.close(self.stops)
+        os.close(self.go)
+        text = self.output.read_text()
+        found = re.findall(r"^RESULT (.*)$", text, flags=re.MULTILINE)
+        if self.process.returncode != 0 or not found:
+            raise RuntimeError(f"run {self.name!r} failed:\n{text[-3000:]}")
+        result = json.loads(found[-1])
+        return result["wall"], result["cpu"]
+
+
+def run_round(args: argparse.Namespace, root: Path, round_: int) -> dict[str, tuple[float, float]]:
+    """Every runner once, each in a fresh interpreter (this module with ``--run``), over the data
+    prepared under ``root``, taking turns (``Turns``): all start, each takes its untimed first turn
+    (set-up and warmup steps) alone, then they go ``--block`` steps at a time, one after another, in
+    an order that turns every cycle. (wall, CPU) seconds of each one's timed span."""
+    children = []
+    for i, name in enumerate(RUNNERS):
+        command = [sys.executable, "-m", "benchmarks.bench_train", "--run", name, "--root", str(root)]
+        command += ["--run-dir", str(root / f"run{i}-{round_}"), "--shape", args.shape]
+        command += ["--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        command += ["--block", str(args.block)]
+        if args.compile:
+            command.append("--compile")
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        children.append(_Child(name, command, root / f"run{i}-{round_}.log"))
+    results: dict[str, tuple[float, float]] = {}
+    try:
+        running = [child for child in children if child.next_stop()]  # each started, waiting for us
+        cycle = round_
+        while running:
+            turn = cycle % len(running)
+            for child in running[turn:] + running[:turn]:
+                child.go_on()
+                if not child.next_stop():  # it ran to its end
+                    results[child.name] = child.result()
+            running = [child for child in running if child.name not in results]
+            cycle += 1
+        for child in children:  # one that died before its first stop
+            if child.name not in results:
+                results[child.name] = child.result()
+    finally:
+        for child in children:
+            if child.process.poll() is None:
+                child.process.kill()
+    return results
 
 
 def main() -> None:
@@ -307,6 +410,10 @@ def main() -> None:
     parser.add_argument("--run", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--turn-fds", help=argparse.SUPPRESS)  # "stops,go": the pipes of Turns
+    parser.add_argument(
+        "--block", type=int, default=None, help="steps per turn (default: a tenth of the timed steps)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -314,9 +421,13 @@ def main() -> None:
     args.warmup = warmup = (
         args.warmup if args.warmup is not None else max(steps // 6, 10 if args.compile else 1)
     )
+    args.block = args.block or max(1, (steps - warmup) // 10)
     if args.run:
+        fds = tuple(map(int, args.turn_fds.split(","))) if args.turn_fds else None
+        turns = Turns(warmup, args.block, fds)
+        turns.wait_for_turn()  # set-up and warmup steps: the untimed first turn
         config = shape_config(args.shape, args.root, steps, steps // 2 + 5, args.compile, args.precision)
-        wall, cpu = run(args.run, config, warmup, args.run_dir, args.compile)
+        wall, cpu = run(args.run, config, warmup, args.run_dir, args.compile, turns)
         print("RESULT " + json.dumps({"wall": wall, "cpu": cpu}))
         return
 
@@ -330,20 +441,17 @@ def main() -> None:
             f"d_model {model['d_model']}, "
             f"{model['num_layers']} layers, context {model['context_length']}, vocab {model['vocab_size']}; "
             f"batch {data['batch_size']}; {steps} steps, timed from step {warmup} ({tokens} tokens); "
-            "each run in a fresh process"
+            f"each run in a fresh process, the runs of a round taking turns every {args.block} steps"
         )
         # Prepared once here (tokens, tokenizer), so that no run's process spends its start on it.
         from hydra.utils import instantiate
 
         instantiate(config["data"], _convert_="all").prepare_data()
         results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in RUNNERS}
-        numbered = list(enumerate(RUNNERS))
         for round_ in range(args.rounds):
-            # The order turns each round (a Latin square over 3 rounds), so that no runner always has
-            # the same place in a burst of load elsewhere.
-            turn = round_ % len(numbered)
-            for i, name in numbered[turn:] + numbered[:turn]:
-                wall, cpu = run_in_fresh_process(name, args, Path(tmp), Path(tmp) / f"run{i}-{round_}")
+            measured = run_round(args, Path(tmp), round_)
+            for name in RUNNERS:
+                wall, cpu = measured[name]
                 results[name]["wall"].append(tokens / wall)
                 results[name]["cpu"].append(tokens / cpu)
                 print(

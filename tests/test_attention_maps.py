@@ -4,6 +4,7 @@ the size drawn, made from the same weights the trace returns."""
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,24 @@ def test_bad_settings_are_one_clear_error() -> None:
         AttentionMaps(prompt="")
     with pytest.raises(ValueError, match="max_tokens=0: expected a positive integer"):
         AttentionMaps(prompt="hi", max_tokens=0)
+
+
+def test_drawing_needs_no_matplotlib(monkeypatch) -> None:
+    """The images are NumPy and Pillow: matplotlib's figures (~0.14 s to lay out four at the first
+    validation, on top of the import where Lightning has not already made it) are not needed."""
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing it now raises ImportError
+    weights = np.full((2, 4, 4), 0.25, dtype=np.float32)
+    image = LayerFigure(2, 4, ["a", "␣b", "c", "d"]).render(weights, "layer 0")
+    assert image.shape[2] == 3 and image.std() > 0
+
+
+def test_weights_are_shaded_light_to_dark() -> None:
+    from lit_llm.attention_maps import BLUES, heat_map
+
+    cells = heat_map(np.array([[0.0, 1.0], [0.5, 1.5]], dtype=np.float32), cell=3)  # (6, 6, 3)
+    assert cells.shape == (6, 6, 3) and cells.dtype == np.uint8
+    assert tuple(cells[0, 0]) == BLUES[0] and tuple(cells[0, 5]) == BLUES[-1]  # weight 0 and 1
+    assert tuple(cells[5, 5]) == BLUES[-1]  # above 1: clipped
+    assert (cells[:3, :3] == cells[0, 0]).all()  # each weight a 3 x 3 square
+    assert cells[0, 0].sum() > cells[5, 0].sum() > cells[0, 5].sum()  # darker as the weight grows
