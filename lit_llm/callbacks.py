@@ -6,7 +6,6 @@ Each is a plain Lightning ``Callback`` configured in configs/callbacks/default.y
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from collections.abc import Sequence
@@ -492,29 +491,6 @@ class RunClock(Callback):
         rank_zero_info(
             f"training loop: {steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):.2f} it/s)"
         )
-
-
-class FreezeStartupObjects(Callback):
-    """Keeps the objects made before training out of Python's full garbage collections while it trains.
-
-    Why: by the first step a run holds ~460K Python objects (torch, Lightning, Hydra, TensorBoard, the
-    config), and a full (generation 2) collection walks every one of them: 0.2 s here, inside a training
-    step, about once in 250 ``ablation_base`` steps (~0.8 ms a step, over 1% of it). Those objects
-    outlive training anyway, so ``gc.freeze`` moves them to the permanent generation when training
-    starts, and ``gc.unfreeze`` gives them back when it ends or fails. What training itself makes is
-    collected as before.
-    """
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        gc.freeze()
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        gc.unfreeze()
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        gc.unfreeze()
 
 
 def command_line_overrides() -> dict[str, object]:
