@@ -122,14 +122,15 @@ class Turns:
     """The clock of one run, and its turns on the machine when runs take turns (``--turn-fds``).
 
     The timed span starts at step ``warmup`` and ends with the run; ``at_step`` is called at the start
-    of every step. Alone (``fds=None``) that is one stretch of time. Taking turns, the run also stops
-    at every ``block`` steps of the span: it tells the parent (one byte on its pipe) and waits for
-    the byte that says go; only the time between a go and the next stop counts. The parent lets the
-    runs of a round go one block at a time, in turn, so all of them meet the same bursts of load from
-    elsewhere (on this shared 2-core machine a run's speed drifts by 20-40% over a few seconds).
+    of every step. Alone (``fds=None``) that is one stretch of time. Taking turns (``fds``, the pipes
+    to the parent), the run also stops at every ``block`` steps of the span: it tells the parent (one
+    byte) and waits for the byte that says go; only the time between a go and the next stop counts.
+    The parent lets the runs of a round go one block at a time, in turn, so all of them meet the same
+    drifts of the machine's speed (module docstring); every stretch starts after a pause, so each
+    runner pays the same cold caches.
     """
 
-    def __init__(self, warmup: int, block: int, fds: tuple[int, int] | None = None) -> None:
+    def __init__(self, warmup: int, block: int = 1, fds: tuple[int, int] | None = None) -> None:
         self.warmup, self.block, self.fds = warmup, max(1, block), fds
         self.spent = (0.0, 0.0)  # (wall, CPU) seconds counted so far
         self._since: tuple[float, float] | None = None  # start of the stretch being counted
@@ -154,7 +155,8 @@ class Turns:
         if step == self._last_step:  # a later micro-batch of the same optimizer step
             return
         self._last_step = step
-        if step == self.warmup or (step > self.warmup and (step - self.warmup) % self.block == 0):
+        taking_turns = self.fds is not None and step > self.warmup and (step - self.warmup) % self.block == 0
+        if step == self.warmup or taking_turns:
             self._stop()
             self.wait_for_turn()
             self._since = _now()
@@ -186,7 +188,7 @@ def lightning_run(
             node["dirpath"] = str(run_dir / "checkpoints")
     config["logger"]["tensorboard"]["save_dir"] = str(run_dir)
     trainer, module, datamodule = build(config)
-    turns = turns or Turns(warmup, block=config["trainer"]["max_steps"])
+    turns = turns or Turns(warmup)
     trainer.callbacks.insert(0, _TurnsCallback(turns))
     trainer.fit(module, datamodule=datamodule, weights_only=True)
     return turns.total()
@@ -261,7 +263,7 @@ def plain_run(
         )
 
     rng = np.random.default_rng(config["seed"])
-    turns = turns or Turns(warmup, block=steps)
+    turns = turns or Turns(warmup)
     for step in range(steps):
         turns.at_step(step)
         x, y = get_batch(train_tokens, batch, context, "cpu", rng)

@@ -94,10 +94,15 @@ def _font() -> Any:
         return ImageFont.load_default()
 
 
+def title(layer: int, step: int) -> str:
+    """The line above layer ``layer``'s image at ``step``."""
+    return f"layer {layer}, step {step}: rows = query, columns = key"
+
+
 def heat_map(weights: np.ndarray, cell: int) -> np.ndarray:
     """(seq, seq) weights in [0, 1] -> (seq * cell, seq * cell, 3) uint8, each weight a cell x cell
-    square of its colour."""
-    shades = np.clip(np.rint(weights * 255.0), 0, 255).astype(np.intp)
+    square of its colour. A NaN weight (a diverged model) is drawn as 0, not turned into an index."""
+    shades = np.clip(np.rint(np.nan_to_num(weights * 255.0)), 0, 255).astype(np.intp)
     return COLOURS[shades].repeat(cell, axis=0).repeat(cell, axis=1)
 
 
@@ -132,7 +137,7 @@ class LayerFigure:
             for h in range(heads)
         ]
         # At least as wide as the title AttentionMaps writes, with a long step number.
-        title_width = self._text_size("layer 99, step 99999999: rows = query, columns = key")[0]
+        title_width = self._text_size(title(99, 99_999_999))[0]
         width = max(MARGIN + label_width + self.cols * (side + MARGIN), title_width + 2 * MARGIN)
         height = MARGIN + title_height + rows * row_height
         self.background = Image.new("RGB", (width, height), "white")
@@ -161,7 +166,7 @@ class LayerFigure:
         _, _, right, bottom = self.font.getbbox(text)
         return int(right), int(bottom)
 
-    def render(self, weights: np.ndarray, title: str) -> np.ndarray:
+    def render(self, weights: np.ndarray, heading: str) -> np.ndarray:
         """(heads, seq, seq) attention weights -> an RGB image (height, width, 3) uint8."""
         from PIL import Image, ImageDraw
 
@@ -172,15 +177,15 @@ class LayerFigure:
         for (x, y), head in zip(self.corners, weights, strict=True):
             image[y : y + side, x : x + side] = heat_map(head, self.cell)
         picture = Image.fromarray(image)
-        ImageDraw.Draw(picture).text((MARGIN, MARGIN), title, fill="black", font=self.font)
+        ImageDraw.Draw(picture).text((MARGIN, MARGIN), heading, fill="black", font=self.font)
         return np.array(picture)  # a copy: (height, width, 3) uint8
 
 
-def draw_layer(weights: np.ndarray, labels: list[str] | None, title: str) -> np.ndarray:
+def draw_layer(weights: np.ndarray, labels: list[str] | None, heading: str) -> np.ndarray:
     """(heads, seq, seq) attention weights -> an RGB image (height, width, 3) uint8 of the heads side
     by side, ``labels`` (one per position) on the axes when given: a ``LayerFigure`` used once."""
     heads, seq = weights.shape[0], weights.shape[-1]
-    return LayerFigure(heads, seq, labels).render(weights, title)
+    return LayerFigure(heads, seq, labels).render(weights, heading)
 
 
 class AttentionMaps(Callback):
@@ -212,9 +217,8 @@ class AttentionMaps(Callback):
         step = trainer.global_step
         self.last_images = []
         for i, weights in enumerate(trace.attention):  # (1, heads, seq, seq) each
-            title = f"layer {i}, step {step}: rows = query, columns = key"
             image = self._figure(i, weights.shape[1], labels, len(ids)).render(
-                weights[0].float().cpu().numpy(), title
+                weights[0].float().cpu().numpy(), title(i, step)
             )
             self.last_images.append(image)
             for writer in writers:

@@ -93,3 +93,5 @@ def test_weights_are_shaded_light_to_dark() -> None:
     assert tuple(cells[5, 5]) == BLUES[-1]  # above 1: clipped
     assert (cells[:3, :3] == cells[0, 0]).all()  # each weight a 3 x 3 square
     assert cells[0, 0].sum() > cells[5, 0].sum() > cells[0, 5].sum()  # darker as the weight grows
+    diverged = heat_map(np.array([[np.nan, 1.0], [0.0, 0.0]], dtype=np.float32), cell=1)
+    assert tuple(diverged[0, 0]) == BLUES[0]  # NaN: drawn as 0
