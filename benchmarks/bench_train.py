@@ -24,7 +24,9 @@ checkpoint, and reading the loss every ``log_every_n_steps`` steps. Shapes:
   heads, d_ff 1344, batch 8) on the quickstart corpus.
 * ``--shape quickstart``: the default experiment; then also the quickstart command from nothing.
 
-``--compile`` compiles all three (``torch.compile`` on both models, ``compile=true`` for ours).
+``--compile`` compiles all three (``torch.compile`` on both models and their training losses,
+``compile=true`` for ours, which compiles its AdamW update too). ``--eager-vs-compiled`` times, instead,
+our two runners eager and compiled, four runs taking turns, and prints compiled over eager.
 ``--precision bf16-mixed`` runs all three with bfloat16 matmuls: ``trainer.precision=bf16-mixed`` for ours,
 ``torch.autocast("cpu", torch.bfloat16)`` around the plain loops' forward (the loss in float32); on CPUs
 with bf16 instructions (AVX512-BF16, AMX) its matmuls run several times faster than float32's.
@@ -37,7 +39,7 @@ run theirs, so that all three meet the same drifts of this shared machine's spee
 one run ranged over 46-85 ms a step within 15 s); run one after another, whole runs of the same loop
 differed by 15-19.6K tokens/s.
 
-    python -m benchmarks.bench_train [--shape small|base|quickstart] [--compile]
+    python -m benchmarks.bench_train [--shape small|base|quickstart] [--compile | --eager-vs-compiled]
         [--precision 32-true|bf16-mixed] [--steps N] [--warmup N] [--block N] [--rounds 3] [--threads N]
         [--skip-quickstart]
 """
@@ -70,7 +72,7 @@ from lit_llm.config_schema import SchedulerConfig
 from lit_llm.config_validation import resolve, validate_config
 from lit_llm.data.batch import get_batch
 from lit_llm.losses import cross_entropy
-from lit_llm.module import parameter_groups, schedule_factor
+from lit_llm.module import compiled_cross_entropy, parameter_groups, schedule_factor
 from lit_llm.optim import AdamW, clip_grad_norm
 from lit_llm.train import build
 
@@ -109,6 +111,10 @@ def shape_config(
         "callbacks.text_samples=null",
         f"compile={str(compile_).lower()}",
         f"trainer.precision={precision}",
+        # Compiled, a validation pass before training (Lightning's sanity check) compiles the evaluation
+        # graph up front, as it does the training graph's in the warmup steps: one-off compilations stay
+        # out of the timed span (in it, the first validation took 1.07 s instead of 0.26 s eager).
+        f"trainer.num_sanity_val_steps={-1 if compile_ else 0}",
     ]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return validate_config(resolve(compose("train", overrides=overrides)))
@@ -234,7 +240,7 @@ def plain_run(
     else:
         model = TransformerLM.from_config(model_config)
         groups = parameter_groups(model, opt_cfg["weight_decay"])
-        optimizer = AdamW(groups, lr=opt_cfg["lr"], betas=betas, eps=eps)
+        optimizer = AdamW(groups, lr=opt_cfg["lr"], betas=betas, eps=eps, compiled_update=compile_)
         params = [p for g in groups for p in g["params"]]
         loss_fn = cross_entropy
 
@@ -242,6 +248,9 @@ def plain_run(
             clip_grad_norm(params, clip)
 
     compiled: Callable = torch.compile(model) if compile_ else model
+    train_loss_fn = loss_fn
+    if compile_:  # the training loss too, as compile=true does for lit_llm.train (nanoGPT's model returns it)
+        train_loss_fn = torch.compile(loss_fn, fullgraph=True) if builtin else compiled_cross_entropy()
     forward = compiled
     if str(config["trainer"]["precision"]) == "bf16-mixed":  # a float32 loop stays a bare call
 
@@ -262,12 +271,22 @@ def plain_run(
             run_dir / "last.pt",
         )
 
+    def validate() -> float:
+        model.eval()
+        with torch.inference_mode():
+            total = sum(loss_fn(forward(vx), vy).item() * vy.numel() for vx, vy in data.val_dataloader())
+        model.train()
+        assert math.isfinite(total)
+        return total
+
+    if compile_:  # the evaluation graph compiled before the timed span, as lit_llm.train's sanity check does
+        validate()
     rng = np.random.default_rng(config["seed"])
     turns = turns or Turns(warmup)
     for step in range(steps):
         turns.at_step(step)
         x, y = get_batch(train_tokens, batch, context, "cpu", rng)
-        loss = loss_fn(forward(x), y)
+        loss = train_loss_fn(forward(x), y)
         loss.backward()
         clip_fn()
         optimizer.step()
@@ -276,11 +295,7 @@ def plain_run(
         if (step + 1) % log_every == 0:
             loss.item()
         if (step + 1) % val_at == 0:
-            model.eval()
-            with torch.inference_mode():
-                total = sum(loss_fn(forward(vx), vy).item() * vy.numel() for vx, vy in data.val_dataloader())
-            model.train()
-            assert math.isfinite(total)
+            validate()
             checkpoint(step + 1)
     checkpoint(steps)
     return turns.total()
@@ -312,6 +327,13 @@ def quickstart_wall_time() -> tuple[float, str, float]:
 
 
 RUNNERS = ("plain built-in loop", "our model, bare loop", "lit_llm.train")
+COMPILED = ", compiled"  # a runner's name with this suffix: that runner with torch.compile
+EAGER_VS_COMPILED = (
+    "our model, bare loop",
+    "our model, bare loop" + COMPILED,
+    "lit_llm.train",
+    "lit_llm.train" + COMPILED,
+)
 
 
 def run(
@@ -358,13 +380,15 @@ class _Child:
         return result["wall"], result["cpu"]
 
 
-def run_round(args: argparse.Namespace, root: Path, round_: int) -> dict[str, tuple[float, float]]:
-    """Every runner once, each in a fresh interpreter (this module with ``--run``), over the data
+def run_round(
+    args: argparse.Namespace, root: Path, round_: int, runners: tuple[str, ...]
+) -> dict[str, tuple[float, float]]:
+    """Each of ``runners`` once, each in a fresh interpreter (this module with ``--run``), over the data
     prepared under ``root``, taking turns (``Turns``): all start, each takes its untimed first turn
     (set-up and warmup steps) alone, then they go ``--block`` steps at a time, one after another, in
     an order that turns every cycle. (wall, CPU) seconds of each one's timed span."""
     children = []
-    for i, name in enumerate(RUNNERS):
+    for i, name in enumerate(runners):
         command = [sys.executable, "-m", "benchmarks.bench_train", "--run", name, "--root", str(root)]
         command += ["--run-dir", str(root / f"run{i}-{round_}"), "--shape", args.shape]
         command += ["--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -400,6 +424,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument(
+        "--eager-vs-compiled", action="store_true", help="our runners eager and compiled, compiled / eager"
+    )
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: 300 small, 60 base)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: steps / 6)")
@@ -409,7 +436,7 @@ def main() -> None:
         "--skip-quickstart", action="store_true", help="--shape quickstart: skip the from-nothing run"
     )
     # One run in this process (what each round starts, in a fresh interpreter per run).
-    parser.add_argument("--run", choices=RUNNERS, help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=sorted({*RUNNERS, *EAGER_VS_COMPILED}), help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--turn-fds", help=argparse.SUPPRESS)  # "stops,go": the pipes of Turns
@@ -417,19 +444,24 @@ def main() -> None:
         "--block", type=int, default=None, help="steps per turn (default: a tenth of the timed steps)"
     )
     args = parser.parse_args()
+    if args.compile and args.eager_vs_compiled:
+        parser.error("--compile and --eager-vs-compiled: choose one (the latter runs both)")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.steps = steps = args.steps or {"small": 300, "base": 60, "quickstart": 90}[args.shape]
     args.warmup = warmup = (
-        args.warmup if args.warmup is not None else max(steps // 6, 10 if args.compile else 1)
+        args.warmup
+        if args.warmup is not None
+        else max(steps // 6, 10 if args.compile or args.eager_vs_compiled else 1)
     )
     args.block = args.block or max(1, (steps - warmup) // 10)
     if args.run:
         fds = tuple(map(int, args.turn_fds.split(","))) if args.turn_fds else None
         turns = Turns(warmup, args.block, fds)
         turns.wait_for_turn()  # set-up and warmup steps: the untimed first turn
-        config = shape_config(args.shape, args.root, steps, steps // 2 + 5, args.compile, args.precision)
-        wall, cpu = run(args.run, config, warmup, args.run_dir, args.compile, turns)
+        compile_ = args.compile or args.run.endswith(COMPILED)
+        config = shape_config(args.shape, args.root, steps, steps // 2 + 5, compile_, args.precision)
+        wall, cpu = run(args.run.removesuffix(COMPILED), config, warmup, args.run_dir, compile_, turns)
         print("RESULT " + json.dumps({"wall": wall, "cpu": cpu}))
         return
 
@@ -439,7 +471,8 @@ def main() -> None:
         model, data = config["model"], config["data"]
         tokens = (steps - warmup) * data["batch_size"] * model["context_length"]
         print(
-            f"--shape {args.shape}{' --compile' if args.compile else ''} --precision {args.precision}: "
+            f"--shape {args.shape}{' --compile' * args.compile}"
+            f"{' --eager-vs-compiled' * args.eager_vs_compiled} --precision {args.precision}: "
             f"d_model {model['d_model']}, "
             f"{model['num_layers']} layers, context {model['context_length']}, vocab {model['vocab_size']}; "
             f"batch {data['batch_size']}; {steps} steps, timed from step {warmup} ({tokens} tokens); "
@@ -449,25 +482,29 @@ def main() -> None:
         from hydra.utils import instantiate
 
         instantiate(config["data"], _convert_="all").prepare_data()
-        results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in RUNNERS}
+        runners = EAGER_VS_COMPILED if args.eager_vs_compiled else RUNNERS
+        results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runners}
         for round_ in range(args.rounds):
-            measured = run_round(args, Path(tmp), round_)
-            for name in RUNNERS:
+            measured = run_round(args, Path(tmp), round_, runners)
+            for name in runners:
                 wall, cpu = measured[name]
                 results[name]["wall"].append(tokens / wall)
                 results[name]["cpu"].append(tokens / cpu)
                 print(
-                    f"  round {round_ + 1}: {name:<21} {tokens / wall:9.0f} tokens/s (wall), "
+                    f"  round {round_ + 1}: {name:<31} {tokens / wall:9.0f} tokens/s (wall), "
                     f"{(steps - warmup) / wall:6.1f} it/s, {tokens / cpu:9.0f} tokens per CPU-second"
                 )
-    reference = results["plain built-in loop"]
     for clock, unit in (("wall", "tokens/s (wall clock)"), ("cpu", "tokens per CPU-second")):
-        print(f"{unit}, medians of {args.rounds} rounds; ratio to the plain built-in loop (per round):")
+        if args.eager_vs_compiled:
+            print(f"{unit}, medians of {args.rounds} rounds; ratio compiled / eager (per round):")
+        else:
+            print(f"{unit}, medians of {args.rounds} rounds; ratio to the plain built-in loop (per round):")
         for name, figures in results.items():
+            reference = results[name.removesuffix(COMPILED) if args.eager_vs_compiled else RUNNERS[0]]
             ratios = [o / r for r, o in zip(reference[clock], figures[clock], strict=True)]
             median = statistics.median(figures[clock])
             print(
-                f"  {name:<21} {median:9.0f}  ratio {median / statistics.median(reference[clock]):.3f}  ("
+                f"  {name:<31} {median:9.0f}  ratio {median / statistics.median(reference[clock]):.3f}  ("
                 + ", ".join(f"{r:.3f}" for r in ratios)
                 + ")"
             )

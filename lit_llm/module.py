@@ -7,13 +7,18 @@ schedule (stepped per optimizer step), our gradient clipping, and the validation
 
 Checkpoints carry ``hyper_parameters`` made of plain dicts only, so they load with
 ``torch.load(weights_only=True)``, and ``compile=True`` compiles the model in place
-(``nn.Module.compile``), so the state dict keys (``model.*``) are the same compiled or not.
+(``nn.Module.compile``), so the state dict keys (``model.*``) are the same compiled or not. It compiles
+the rest of a training step's arithmetic too: the training loss and AdamW's update (``compiled_update``).
+At the ablation_base size that is 0.67 -> 0.38 ms (loss, forward and backward) and 1.45 -> 0.81 ms
+(optimizer step) of a ~45 ms compiled step.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -63,6 +68,13 @@ def parameter_groups(
     return [group for group in groups if group["params"]]
 
 
+@functools.cache
+def compiled_cross_entropy() -> Callable[[Tensor, Tensor], Tensor]:
+    """``lit_llm.losses.cross_entropy`` under ``torch.compile``, built once per process: its softmax,
+    log and gather become a few fused kernels, forward and backward."""
+    return torch.compile(cross_entropy, fullgraph=True)
+
+
 def schedule_factor(step: int, lr: float, min_lr: float, warmup_iters: int, cosine_cycle_iters: int) -> float:
     """LambdaLR factor for optimizer step ``step`` (0-based): ``warmup_cosine(step + 1) / lr``.
 
@@ -93,6 +105,7 @@ class LanguageModelModule(pl.LightningModule):
             {"model": resolved, "optimizer": optimizer, "scheduler": scheduler, "compile": compile}
         )
         self.model = TransformerLM.from_config(self.config)
+        self._compiled = compile
         if compile:
             self.model.compile()  # in place: same module, same parameter names
         self._train_loss_sum: Tensor | None = None
@@ -113,7 +126,7 @@ class LanguageModelModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch  # (batch, seq) each; y is x shifted by one token
-        loss = cross_entropy(self(x), y)
+        loss = (compiled_cross_entropy() if self._compiled else cross_entropy)(self(x), y)
         if self.spike_guard is not None and not self.spike_guard.check_loss(self, loss):
             return None  # a loss spike: Lightning takes None as "no backward, no optimizer step"
         # Averaged over the micro-batches of one optimizer step and logged in on_before_optimizer_step;
@@ -178,7 +191,9 @@ class LanguageModelModule(pl.LightningModule):
         groups = parameter_groups(
             self.model, opt.weight_decay, decay_norms=opt.decay_norms, decay_embeddings=opt.decay_embeddings
         )
-        optimizer = AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+        optimizer = AdamW(
+            groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, compiled_update=self._compiled
+        )
         lr, min_lr, warmup, cycle = opt.lr, sched.min_lr, sched.warmup_steps, sched.cosine_cycle_iters
 
         def factor(step: int) -> float:

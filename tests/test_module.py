@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from lit_llm.losses import cross_entropy
 from lit_llm.model import Embedding, RMSNorm
-from lit_llm.module import LanguageModelModule, parameter_groups, schedule_factor
+from lit_llm.module import LanguageModelModule, compiled_cross_entropy, parameter_groups, schedule_factor
 from lit_llm.optim import warmup_cosine
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -348,3 +349,20 @@ def test_checkpoint_restores_rng_states() -> None:
     torch.testing.assert_close(again[0], expected[0], atol=0, rtol=0)
     np.testing.assert_array_equal(again[1], expected[1])
     assert again[2] == expected[2]
+
+
+@pytest.mark.slow
+def test_compile_also_compiles_the_loss_and_the_optimizer_update():
+    """compile=true compiles a training step's arithmetic beyond the model: the loss (same value and
+    gradient as the eager one, to rounding) and AdamW's flat update (``compiled_update``)."""
+    assert make_module(compile=True).configure_optimizers()["optimizer"].compiled_update
+    assert not make_module().configure_optimizers()["optimizer"].compiled_update
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 50, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    eager = cross_entropy(logits, targets)
+    (eager_grad,) = torch.autograd.grad(eager, logits)
+    compiled = compiled_cross_entropy()(logits, targets)
+    (compiled_grad,) = torch.autograd.grad(compiled, logits)
+    torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(compiled_grad, eager_grad, atol=1e-7, rtol=1e-5)

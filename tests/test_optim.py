@@ -197,3 +197,31 @@ def test_cpu_groups_live_in_one_flat_buffer_rebuilt_when_a_tensor_is_replaced():
     for a, b in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert len(storages(lambda p: ours.state[p]["exp_avg"])) == 1  # the moments live in one buffer too
+
+
+@pytest.mark.slow
+def test_compiled_update_matches_torch_and_compiles_once():
+    """``compiled_update=True`` (compile=true training) runs the flat update as one compiled kernel: the
+    same parameters as torch's AdamW to float rounding, and the values that change every step (the
+    learning rate of a schedule, the bias corrections) do not cause a compilation per step."""
+    from torch._dynamo.utils import counters
+
+    ours_model = _model()
+    ref_model = copy.deepcopy(ours_model)
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    ours = AdamW(_groups(ours_model), **kw, compiled_update=True)
+    ref = torch.optim.AdamW(_groups(ref_model), **kw)
+    _train(ours_model, ours, 5)
+    _train(ref_model, ref, 5)
+    graphs = counters["stats"]["unique_graphs"]
+    for optimizer in (ours, ref):  # a schedule's new learning rates for the remaining steps
+        for group in optimizer.param_groups:
+            group["lr"] *= 0.5
+    _train(ours_model, ours, 95, seed=2)
+    _train(ref_model, ref, 95, seed=2)
+    assert counters["stats"]["unique_graphs"] == graphs  # 95 more steps, new lr: nothing recompiled
+    assert len({p.untyped_storage().data_ptr() for p in ours.param_groups[0]["params"]}) == 1  # flat path
+    for a, b in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    state = ours.state_dict()["state"]
+    assert [s["step"] for s in state.values()] == [100] * len(state)
