@@ -207,7 +207,7 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelSummary, ProgressBar
 
-    from lit_llm.callbacks import RunClock
+    from lit_llm.callbacks import FreezeStartupObjects, RunClock
     from lit_llm.module import LanguageModelModule
     from lit_llm.run_checkpoints import AtomicCheckpointIO
 
@@ -217,7 +217,7 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
         torch.set_float32_matmul_precision(config["matmul_precision"])
     builder = _Builder()
     callbacks = builder.group(config.get("callbacks"), "callbacks")
-    callbacks.append(RunClock(STARTED))
+    callbacks += [RunClock(STARTED), FreezeStartupObjects()]
     loggers = builder.group(config.get("logger"), "logger")
     trainer_kwargs = dict(config["trainer"])
     if isinstance(trainer_kwargs.get("strategy"), dict):

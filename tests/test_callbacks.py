@@ -5,6 +5,7 @@ weights_only loading, and finding the latest run's last.ckpt."""
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 from test_module import TinyData, fit_to_tensorboard, make_module, make_trainer
 
 from lit_llm.callbacks import (
+    FreezeStartupObjects,
     NonFiniteLossError,
     NonFiniteLossGuard,
     ParameterHistograms,
@@ -257,3 +259,31 @@ def test_parameter_histograms_reach_tensorboard(tmp_path: Path) -> None:
 def test_parameter_histograms_refuse_a_bucket_count_that_is_no_positive_integer(bins) -> None:
     with pytest.raises(ValueError, match=rf"^bins={bins!r}: expected a positive integer$"):
         ParameterHistograms(bins=bins)
+
+
+class FrozenCount(Callback):
+    """Records how many objects are frozen (``gc.get_freeze_count``) at every training step."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.counts.append(gc.get_freeze_count())
+
+
+def test_startup_objects_are_frozen_while_training_and_given_back_after() -> None:
+    seen = FrozenCount()
+    trainer = make_trainer(max_steps=3, callbacks=[FreezeStartupObjects(), seen])
+    trainer.fit(make_module(), datamodule=TinyData())
+    assert len(seen.counts) == 3 and min(seen.counts) > 0  # the objects made before training
+    assert gc.get_freeze_count() == 0
+
+
+def test_startup_objects_are_given_back_when_training_fails() -> None:
+    module, data = make_module(), TinyData()
+    trainer = make_trainer(
+        max_steps=12, callbacks=[FreezeStartupObjects(), PoisonWeights(at=2), NonFiniteLossGuard()]
+    )
+    with pytest.raises(NonFiniteLossError):
+        trainer.fit(module, datamodule=data)
+    assert gc.get_freeze_count() == 0
