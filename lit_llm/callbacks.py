@@ -507,18 +507,31 @@ class FreezeStartupObjects(Callback):
     when training starts, and full collections walk only what training made, wherever they fall;
     ``gc.unfreeze`` gives them back when training ends or fails. Cycles made during training are collected
     as before; garbage already there when training starts waits until it ends.
+
+    ``gc.freeze`` is one switch for the whole process, not nested: a process that froze objects of its
+    own before training (a server, a notebook) is left as it is, neither frozen further nor unfrozen.
     """
 
+    def __init__(self) -> None:
+        self._froze = False  # whether this callback froze, and so has to unfreeze
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        gc.freeze()
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            self._froze = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        gc.unfreeze()
+        self._unfreeze()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        gc.unfreeze()
+        self._unfreeze()
+
+    def _unfreeze(self) -> None:
+        if self._froze:
+            gc.unfreeze()
+            self._froze = False
 
 
 def command_line_overrides() -> dict[str, object]:

@@ -287,3 +287,15 @@ def test_startup_objects_are_given_back_when_training_fails() -> None:
     with pytest.raises(NonFiniteLossError):
         trainer.fit(module, datamodule=data)
     assert gc.get_freeze_count() == 0
+
+
+def test_objects_the_process_froze_itself_stay_frozen() -> None:
+    gc.freeze()  # before training, for reasons of the user's own
+    try:
+        frozen = gc.get_freeze_count()
+        trainer = make_trainer(max_steps=2, callbacks=[FreezeStartupObjects()])
+        trainer.fit(make_module(), datamodule=TinyData())
+        # Still frozen, and nothing added (only gc.freeze adds; frozen objects freed by refcount leave).
+        assert 0 < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
