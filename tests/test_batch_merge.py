@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 from gpt2_reference import ours_gpt2, tiktoken_gpt2
 from hypothesis import given, settings
@@ -20,7 +21,10 @@ from tokenizer.tokenizer import Tokenizer
 def batched(tok: Tokenizer, pieces: list[bytes]) -> dict[bytes, tuple[int, ...]]:
     """``merge_pieces`` over the distinct ``pieces`` of 2 bytes or more (as ``Tokenizer`` hands them)."""
     distinct = [piece for piece in dict.fromkeys(pieces) if len(piece) >= 2]
-    return dict(zip(distinct, merge_pieces(PairTable(tok._encoder, tok._ranks), distinct), strict=True))
+    packed = merge_pieces(PairTable(tok._encoder, tok._ranks), distinct, tok.id_dtype)
+    assert all(type(ids) is bytes for ids in packed)
+    unpacked = [tuple(np.frombuffer(ids, dtype=tok.id_dtype).tolist()) for ids in packed]
+    return dict(zip(distinct, unpacked, strict=True))
 
 
 @functools.cache
@@ -47,7 +51,8 @@ def test_rank_is_by_bytes_not_by_the_merge_pair():
     assert tok._bpe(b"xabc") == (ord("x"), 258)
     pieces = [b"xabc", b"abcabc", b"bcab", b"cabx"]
     assert batched(tok, pieces) == {p: tok._bpe(p) for p in pieces}
-    assert merge_pieces(PairTable(tok._encoder, tok._ranks), []) == []  # every miss too long to batch
+    table = PairTable(tok._encoder, tok._ranks)
+    assert merge_pieces(table, [], tok.id_dtype) == []  # every miss too long to batch
 
 
 @settings(max_examples=25, deadline=None)
@@ -77,10 +82,10 @@ def test_ids_equal_tiktoken_on_long_tailed_text(long_tailed_text):
     assert tok._misses_seen > 30_000  # most pre-tokens missed the cache: the batched path ran
     assert "_pair_table" in tok.__dict__
     assert ids == tiktoken_gpt2().encode(long_tailed_text, allowed_special="all")
-    # The cached ids are the vocabulary's own int objects, not one new object per id and entry.
-    shared = set(map(id, tok._encoder.values()))
-    assert all(id(i) in shared for ids in tok._cache.values() for i in ids)
-    assert all(type(ids) is tuple and ids for ids in tok._cache.values())  # no placeholder left over
+    # No placeholder (a bytearray) is left over: every entry is the packed ids of its pre-token.
+    assert all(type(ids) is bytes and ids for ids in tok._cache.values())
+    some = list(tok._cache.items())[::97]
+    assert [np.frombuffer(ids, tok.id_dtype).tolist() for _, ids in some] == [tok.encode(p) for p, _ in some]
 
 
 def test_small_cache_stays_bounded_on_long_tailed_text(long_tailed_text):
@@ -106,7 +111,8 @@ def test_text_tokens_are_the_tokens_a_pretoken_can_spell():
     # A missed pre-token is looked up by its text: every ordinary token whose bytes are UTF-8 is there
     # under that text, and no other (GPT-2 has tokens that are part of a multi-byte character).
     tok = gpt2()
-    assert all(tok.vocab[i] == text.encode("utf-8") for text, (i,) in tok._text_tokens.items())
+    ids = {text: np.frombuffer(packed, tok.id_dtype).tolist() for text, packed in tok._text_tokens.items()}
+    assert all(tok.vocab[i] == text.encode("utf-8") for text, (i,) in ids.items())
     is_text = {i for i, token in tok.vocab.items() if token.decode("utf-8", "replace").encode() == token}
-    assert {i for (i,) in tok._text_tokens.values()} == is_text - {tok.eot_id}
+    assert {i for (i,) in ids.values()} == is_text - {tok.eot_id}
     assert 0 < len(tok._text_tokens) < len(tok._encoder)

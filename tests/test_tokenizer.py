@@ -7,6 +7,7 @@ import gc
 import json
 import pickle
 
+import numpy as np
 import pytest
 from gpt2_reference import (
     EOT,
@@ -78,7 +79,7 @@ def test_lone_surrogates_become_replacement_characters_as_in_tiktoken():
     for text in ["a\ud800b", "\udfff", "x \ud83d\ude00 y", "zq\udc80zq"]:
         assert tok.encode(text) == ref.encode(text)
         # The first try (its misses failed to encode) left no placeholder or other half-done entry.
-        assert all(type(ids) is tuple and ids for ids in tok._cache.values())
+        assert all(type(ids) is bytes and ids for ids in tok._cache.values())
     assert tok.encode("zq") == ref.encode("zq")
 
 
@@ -208,6 +209,18 @@ def test_encode_leaves_the_garbage_collector_as_it_found_it(monkeypatch):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("name", TEXT_FILES)
+def test_encode_to_numpy_is_encode_as_a_writable_array_of_id_dtype(fixture_file, name):
+    tok = ours_gpt2()
+    text = fixture_file(name).read_text(encoding="utf-8")[:50_000] + EOT + "tail"
+    ids = tok.encode_to_numpy(text)
+    assert ids.dtype == tok.id_dtype == np.uint16 and ids.ndim == 1 and ids.flags.writeable
+    assert ids.tolist() == tok.encode(text) == tiktoken_gpt2().encode(text, allowed_special="all")
+    assert tok.encode_to_numpy("").shape == (0,)
+    big = Tokenizer({i: bytes([i]) if i < 256 else b"x%d" % i for i in range(70_000)}, [])
+    assert big.id_dtype == np.uint32 and big.encode_to_numpy("ab").tolist() == [97, 98]
 
 
 def test_cache_stays_bounded_and_results_do_not_change():

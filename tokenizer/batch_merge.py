@@ -70,12 +70,6 @@ class PairTable:
             key_ranks.append(all_ranks[first:][both])
         self.merged = merged  # rank -> id of the token that merge makes
         self.byte_ids = np.array([encoder[bytes([b])] for b in range(256)], dtype=np.int32)
-        # id -> the very int object ``encoder`` holds for it. ``tolist`` would make a new int object
-        # for every id above 256; gathering from this array instead, every cached tuple shares one
-        # object per id. On long-tailed text that saves ~60 bytes per cache entry, and a cache miss
-        # per id each time ids are copied out of the cache (incref) and freed (decref).
-        self.int_objects = np.empty(self.n, dtype=object)
-        self.int_objects[list(encoder.values())] = list(encoder.values())
         n_keys = sum(map(len, keys))
         self._bits = max(4, (4 * n_keys).bit_length())
         self._slot_keys = np.full(1 << self._bits, _EMPTY, dtype=np.int64)
@@ -116,27 +110,30 @@ class PairTable:
         return out.reshape(left.shape)
 
 
-def merge_pieces(table: PairTable, pieces: list[bytes]) -> list[tuple[int, ...]]:
-    """Token ids of each of ``pieces`` (each >= 2 bytes, any lengths), merged a group of one length at
-    a time. The groups are cut from one buffer of all the bytes by NumPy (no Python loop over the
-    pieces to sort them), and each group's ids are written straight to their places in the result."""
+def merge_pieces(table: PairTable, pieces: list[bytes], dtype: np.dtype) -> list[bytes]:
+    """Token ids of each of ``pieces`` (each >= 2 bytes, any lengths), as the raw bytes of a ``dtype``
+    array (the form ``Tokenizer`` caches), merged a group of one length at a time. The groups are cut
+    from one buffer of all the bytes by NumPy (no Python loop over the pieces to sort them), and each
+    group's ids are written straight to their places in the result."""
     lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
     data = np.frombuffer(b"".join(pieces), dtype=np.uint8)
     starts = np.cumsum(lengths) - lengths  # where each piece's bytes begin in `data`
     order = np.argsort(lengths, kind="stable")  # piece indices, by length
     bounds = np.flatnonzero(np.diff(lengths[order], prepend=-1)).tolist() + [len(pieces)]
-    out: list[tuple[int, ...]] = [()] * len(pieces)
+    out: list[bytes] = [b""] * len(pieces)
     for lo, hi in pairwise(bounds):
         rows = order[lo:hi]
         length = int(lengths[rows[0]])
         symbols = table.byte_ids[data[starts[rows, None] + np.arange(length)]]  # (rows, length)
-        _merge_same_length(table, symbols, rows, out)
+        _merge_same_length(table, symbols, rows, out, np.dtype(dtype))
     return out
 
 
-def _merge_same_length(table: PairTable, symbols: np.ndarray, rows: np.ndarray, out: list) -> None:
+def _merge_same_length(
+    table: PairTable, symbols: np.ndarray, rows: np.ndarray, out: list[bytes], dtype: np.dtype
+) -> None:
     """Merge ``symbols`` (pieces, length) of one length >= 2 to the end; ``out[rows[i]]`` = the ids of
-    row i, a tuple of the shared int objects."""
+    row i as the bytes of a ``dtype`` array."""
     n, width = symbols.shape
     # Every step merges one pair in every working row, so after s steps every working row holds
     # exactly ``width = length - s`` symbols: the matrices shrink by a column a step, and a row that
@@ -151,9 +148,11 @@ def _merge_same_length(table: PairTable, symbols: np.ndarray, rows: np.ndarray, 
         k = np.arange(len(rows))
         best = ranks.ravel()[k * width + at]
         live = best != _NO_RANK
-        if not live.all():  # rows with no pair left to merge: out, as tuples of the shared int objects
-            columns = table.int_objects[ids[~live, :width]].T.tolist()  # one list per token position
-            deque(map(out.__setitem__, rows[~live].tolist(), zip(*columns, strict=True)), 0)
+        if not live.all():  # rows with no pair left to merge are done: out, a bytes object per row
+            # Seen as one opaque item of `width` ids ("V": raw bytes), a row converts to one bytes
+            # object in C (tolist), with no Python int made per id.
+            done = ids[~live, :width].astype(dtype).view(f"V{width * dtype.itemsize}").ravel()
+            deque(map(out.__setitem__, rows[~live].tolist(), done.tolist()), 0)
             rows, ids, ranks, at, best = rows[live], ids[live], ranks[live], at[live], best[live]
             k = np.arange(len(rows))
             if not len(rows):

@@ -13,7 +13,11 @@ its concatenation; tiktoken ranks by token id instead, which orders alike whenev
 token is a merge result numbered in merge order (GPT-2's files, ``train_bpe``'s output).
 
 Step 3 is slow in Python, but text is Zipfian: a few thousand distinct pre-tokens make up most of
-any corpus. So a dict maps pre-token -> ids, and the BPE runs only on a miss. The dict holds two
+any corpus. So a dict maps pre-token -> ids, and the BPE runs only on a miss. The ids are kept as
+the raw bytes of an array of ``id_dtype`` (uint16, or uint32 for a vocabulary over 65,536), so the
+ids of a whole batch of pre-tokens are one ``b"".join`` of their cached values (C, a memcpy each),
+viewed as an array by NumPy, with no Python int made per id on the way to ``encode_to_numpy`` or
+``encode_file``. The dict holds two
 generations of at most ``cache_size / 2`` entries each, which bounds memory on any input. Web-like
 text has a long tail of rare words that miss anyway: the pre-tokens of up to ``_WINDOW`` are looked
 up together (a C-level ``map``; a miss leaves a placeholder), their misses merged together, with
@@ -34,19 +38,21 @@ import os
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Set
-from functools import cached_property, reduce
+from functools import cached_property
 from itertools import compress, islice, repeat
-from operator import iadd, is_, not_
+from operator import is_, not_
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from tokenizer import io
 from tokenizer.batch_merge import PairTable, merge_pieces
 from tokenizer.files import EOT, read_json, write_json
 from tokenizer.splitting import last_cut, pretokenize, special_regex
 
-# Pre-tokens; ~180 bytes each (measured on long-tailed text: key 60, tuple 80, dict slot 37; the ids are
-# the vocabulary's own int objects, shared), so at most ~190 MB per process. A turnover of the
+# Pre-tokens; ~140 bytes each (measured on long-tailed text: key 60, packed ids 43, dict slot 37; a
+# tuple of int objects took 80 for the ids), so at most ~150 MB per process. A turnover of the
 # generations is costly (the next window's every pre-token misses the new one and is fetched back
 # from the old): 2^20 holds the ~420K distinct pre-tokens of 20 MB of long-tailed text without one, and
 # encodes it at 0.51x tiktoken against 0.36x with 2^18 (medians of 4 interleaved runs).
@@ -61,16 +67,16 @@ AllowedSpecial = Literal["all", "none", "none_raise"] | Set[str]
 
 
 class _PieceCache(dict):
-    """Pre-token -> token ids, looked up a batch at a time by ``Tokenizer._emit`` with
-    ``map(cache.__getitem__, pieces)``: a hit costs no Python call.
+    """Pre-token -> its token ids (the bytes of an ``id_dtype`` array), looked up a batch at a time
+    by ``Tokenizer._emit`` with ``map(cache.__getitem__, pieces)``: a hit costs no Python call.
 
     A miss calls ``__missing__`` (from C). A pre-token of the previous generation is moved back; any
-    other gets a placeholder, an empty list, put in the cache (so its later occurrences in the batch
-    are hits) and recorded in ``pending``. Once the batch is looked up, ``Tokenizer`` merges all the
-    pending pre-tokens together, extends each placeholder with its ids in place, and ``store``
-    replaces the placeholders by the ids. So the misses of a batch cost one Python call each, need no
-    search for them, and leave no holes to fill in a second pass. A batch that fails (text that does
-    not encode) takes its placeholders back out (``discard``).
+    other gets a placeholder, an empty ``bytearray``, put in the cache (so its later occurrences in
+    the batch are hits) and recorded in ``pending``. Once the batch is looked up, ``Tokenizer`` merges
+    all the pending pre-tokens together, extends each placeholder with its ids in place (a bytearray
+    joins like bytes), and ``store`` replaces the placeholders by the ids. So the misses of a batch
+    cost one Python call each, need no search for them, and leave no holes to fill in a second pass.
+    A batch that fails (text that does not encode) takes its placeholders back out (``discard``).
 
     Two generations bound the memory without forgetting everything at once: when, after a batch, this
     dict holds more than ``max_entries // 2`` pre-tokens, the last ``max_entries // 2`` become the
@@ -82,20 +88,20 @@ class _PieceCache(dict):
     def __init__(self, max_entries: int) -> None:
         super().__init__()
         self.generation = max(1, max_entries // 2)  # entries per generation; two at most
-        self.previous: dict[str, tuple[int, ...]] = {}
+        self.previous: dict[str, bytes] = {}
         self.pending: list[str] = []  # the misses of the batch being looked up, which have placeholders
-        self.placeholders: list[list[int]] = []  # theirs, in the same order
+        self.placeholders: list[bytearray] = []  # theirs, in the same order
 
-    def __missing__(self, piece: str) -> tuple[int, ...] | list[int]:
+    def __missing__(self, piece: str) -> bytes | bytearray:
         ids = self.previous.get(piece)
         if ids is None:
-            ids = []
+            ids = bytearray()
             self.pending.append(piece)
             self.placeholders.append(ids)
         self[piece] = ids
         return ids
 
-    def store(self, ids: list[tuple[int, ...]]) -> None:
+    def store(self, ids: list[bytes]) -> None:
         """The ids of the ``pending`` pre-tokens in place of their placeholders, but for pre-tokens over
         ``_MAX_CACHED_CHARS`` (long runs of spaces and the like: rare, and not worth the memory); then
         a new generation if this one is full."""
@@ -163,6 +169,9 @@ class Tokenizer:
         self._special_re = special_regex(self.special_tokens)
         self._any_special_re = special_regex(self.special_tokens, overlapping=True)
         self._subset_res: dict[frozenset[str], tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
+        # Token ids as stored (the cache, encode_file's arrays): the smallest unsigned type that holds them.
+        self.id_dtype = np.dtype(np.uint16 if n <= 1 << 16 else np.uint32)
+        self._special_packed = {token: self._pack((i,)) for token, i in self.special_ids.items()}
         self._cache = _PieceCache(cache_size)
         self._misses_seen = 0  # distinct pre-tokens that missed the cache, over all calls
         self._cache_size = cache_size
@@ -272,32 +281,43 @@ class Tokenizer:
         ``encode_file`` / ``encode_iterable`` must give the ids ``encode`` gives. Text from untrusted
         sources should be encoded with ``"none"`` or ``"none_raise"``.
         """
+        return self.encode_to_numpy(text, allowed_special=allowed_special).tolist()
+
+    def encode_to_numpy(self, text: str, *, allowed_special: AllowedSpecial = "all") -> np.ndarray:
+        """``encode(text)`` as a 1-d array of ``id_dtype``: what a token file stores, without a Python
+        int per id on the way (``encode_file`` writes these)."""
         special_re = self._special_res(allowed_special, text)[0]
-        # Encoding makes millions of containers (lists of pre-tokens, tuples of ids) and no reference
+        # Encoding makes millions of containers (lists of pre-tokens, bytes of ids) and no reference
         # cycle, so the cyclic garbage collector has nothing to find, yet every 700 allocations it runs
         # and now and then it walks every live container (the cache too): on long-tailed text that was
         # ~1.2 s of a 6 s encode of 20 MB. It is paused for the call and restored as it was.
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._encode(text, special_re)
+            packed = self._encode(text, special_re)
         except UnicodeEncodeError:
             # Lone surrogates (text decoded with errors="surrogateescape", ...) have no UTF-8 form.
             # Like tiktoken: join valid surrogate pairs, replace the rest with U+FFFD.
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            return self._encode(text, special_re)
+            packed = self._encode(text, special_re)
         finally:
             if was_enabled:
                 gc.enable()
+        return np.frombuffer(packed, dtype=self.id_dtype)  # a bytearray: the array is writable
 
-    def _encode(self, text: str, special_re: re.Pattern[str] | None) -> list[int]:
+    def _pack(self, ids: Iterable[int]) -> bytes:
+        """``ids`` as the bytes of an ``id_dtype`` array: the form of the cache's values."""
+        return np.fromiter(ids, dtype=self.id_dtype).tobytes()
+
+    def _encode(self, text: str, special_re: re.Pattern[str] | None) -> bytearray:
+        """The ids of ``text`` as the bytes of an ``id_dtype`` array."""
         parts = special_re.split(text) if special_re is not None else [text]
-        ids: list[int] = []
-        batch: list[int | list[str]] = []  # special ids and pre-token lists, up to _WINDOW pre-tokens
+        out: list[bytes] = []  # the ids of each batch, packed
+        batch: list[bytes | list[str]] = []  # special ids and pre-token lists, up to _WINDOW pre-tokens
         size = 0
         for i, part in enumerate(parts):
             if i % 2:  # split() returns the captured separators at the odd positions
-                batch.append(self.special_ids[part])
+                batch.append(self._special_packed[part])
             elif part:
                 pieces = pretokenize(part)
                 for start in range(0, len(pieces), _WINDOW):  # a long part, a window at a time
@@ -305,37 +325,30 @@ class Tokenizer:
                     batch.append(window)
                     size += len(window)
                     if size >= _WINDOW:
-                        self._emit(batch, ids)
+                        self._emit(batch, out)
                         batch, size = [], 0
-        self._emit(batch, ids)
-        return ids
+        self._emit(batch, out)
+        return bytearray().join(out)
 
-    def _emit(self, batch: list[int | list[str]], ids: list[int]) -> None:
-        """Append the ids of ``batch`` (special ids and lists of pre-tokens) to ``ids``.
+    def _emit(self, batch: list[bytes | list[str]], out: list[bytes]) -> None:
+        """Append the ids of ``batch`` (special tokens' ids and lists of pre-tokens) to ``out``, packed.
 
         One pass looks every pre-token up (C-level ``map``); the misses get placeholders (see
         ``_PieceCache``), which are filled in place once the misses of the whole batch are merged
-        together (``_merge_misses``).
+        together (``_merge_misses``). Then each list's ids are one ``join`` of its pre-tokens' bytes.
         """
         cache = self._cache
         try:
-            found = [item if isinstance(item, int) else list(map(cache.__getitem__, item)) for item in batch]
+            found = [item if type(item) is bytes else list(map(cache.__getitem__, item)) for item in batch]
             merged = self._merge_misses(cache.pending)
-            deque(map(list.extend, cache.placeholders, merged), 0)  # `found` holds these lists
+            deque(map(bytearray.extend, cache.placeholders, merged), 0)  # `found` holds these bytearrays
             cache.store(merged)  # and a new generation if this one is full (recalls count too)
         except BaseException:  # UnicodeEncodeError (lone surrogates), Ctrl-C, ...: no placeholder stays
             cache.discard()
             raise
-        for item in found:
-            if isinstance(item, int):
-                ids.append(item)
-            else:
-                # ids += each tuple (or filled placeholder) in turn: list.extend copies its items in one
-                # C call, where chain.from_iterable takes a next() per id (0.43 -> 0.35 s on 20 MB of
-                # long-tailed text)
-                reduce(iadd, item, ids)
+        out.extend(item if type(item) is bytes else b"".join(item) for item in found)
 
-    def _merge_misses(self, pieces: list[str]) -> list[tuple[int, ...]]:
+    def _merge_misses(self, pieces: list[str]) -> list[bytes]:
         """The ids of ``pieces``, the distinct pre-tokens of a batch that missed the cache: merged all
         together (``tokenizer.batch_merge``) when there are enough of them, on long-tailed text several
         times faster than ``_bpe`` one pre-token at a time; else, and for the few longer than
@@ -345,15 +358,16 @@ class Tokenizer:
         if len(pieces) < _BATCH_MIN or (
             "_pair_table" not in self.__dict__ and self._misses_seen < _TABLE_AFTER
         ):
-            return list(map(self._bpe, map(str.encode, pieces)))
+            return list(map(self._pack, map(self._bpe, map(str.encode, pieces))))
         out = list(map(self._text_tokens.get, pieces))  # a pre-token that is a token is that token
         todo = list(compress(range(len(out)), map(is_, out, repeat(None))))
         datas = list(map(str.encode, map(pieces.__getitem__, todo)))
         short = list(map(_BATCH_MAX_BYTES.__ge__, map(len, datas)))
-        batched = merge_pieces(self._pair_table, list(compress(datas, short)))
+        batched = merge_pieces(self._pair_table, list(compress(datas, short)), self.id_dtype)
         deque(map(out.__setitem__, compress(todo, short), batched), 0)
         long = list(map(not_, short))  # rare: one by one
-        deque(map(out.__setitem__, compress(todo, long), map(self._bpe, compress(datas, long))), 0)
+        long_ids = map(self._pack, map(self._bpe, compress(datas, long)))
+        deque(map(out.__setitem__, compress(todo, long), long_ids), 0)
         return out
 
     @cached_property
@@ -361,18 +375,20 @@ class Tokenizer:
         return PairTable(self._encoder, self._ranks)
 
     @cached_property
-    def _text_tokens(self) -> dict[str, tuple[int]]:
-        """Text -> ``(id,)`` of every ordinary token whose bytes are UTF-8: a pre-token (a ``str``, hash
-        already known from the cache lookup) is a token exactly when it is here, since no text
+    def _text_tokens(self) -> dict[str, bytes]:
+        """Text -> the packed id of every ordinary token whose bytes are UTF-8: a pre-token (a ``str``,
+        hash already known from the cache lookup) is a token exactly when it is here, since no text
         encodes to bytes that are not UTF-8. Cheaper than encoding every miss to look it up by bytes.
-        The cache entries made from here share these tuples."""
-        out = {}
+        The cache entries made from here share these bytes objects."""
+        texts, ids = [], []
         for token, i in self._encoder.items():
-            try:  # noqa: SIM105 - contextlib.suppress, an object per token, took 3x as long (70 ms)
-                out[token.decode("utf-8")] = (i,)
+            try:
+                texts.append(token.decode("utf-8"))
             except UnicodeDecodeError:  # part of a multi-byte character: no text
-                pass
-        return out
+                continue
+            ids.append(i)
+        packed = np.array(ids, dtype=self.id_dtype).view(f"V{self.id_dtype.itemsize}")  # one item per id
+        return dict(zip(texts, packed.tolist(), strict=True))
 
     def _special_res(
         self, allowed: AllowedSpecial, text: str | None = None
