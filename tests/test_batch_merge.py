@@ -55,6 +55,35 @@ def test_rank_is_by_bytes_not_by_the_merge_pair():
     assert merge_pieces(table, [], tok.id_dtype) == []  # every miss too long to batch
 
 
+def test_rank_of_any_pair_is_the_rank_of_its_bytes():
+    """Every merge pair, every other split of a merge result, random pairs and padding, against the
+    dictionaries the table is built from (its slots pack key and rank into one int64)."""
+    tok = gpt2()
+    table = PairTable(tok._encoder, tok._ranks)
+    ids_of = tok._encoder
+    pairs = [(ids_of[a], ids_of[b]) for a, b in tok.merges]
+    pairs += [
+        (ids_of[t[:c]], ids_of[t[c:]])
+        for t in list(tok._ranks)[::7]
+        for c in range(1, len(t))
+        if t[:c] in ids_of and t[c:] in ids_of
+    ]
+    rng = np.random.default_rng(0)
+    pairs += [tuple(p) for p in rng.integers(0, table.n, size=(20_000, 2)).tolist()]
+    pairs += [(table.pad, 300), (300, table.pad), (table.pad, table.pad)]
+    left, right = (np.array(side, dtype=np.int32) for side in zip(*pairs, strict=True))
+    no_rank = np.iinfo(np.int32).max
+    expected = [
+        no_rank if table.pad in (a, b) else tok._ranks.get(tok.vocab[a] + tok.vocab[b], no_rank)
+        for a, b in pairs
+    ]
+    assert table.rank(left, right).tolist() == expected
+    assert PairTable.fits(50_257, 50_000) and not PairTable.fits(3_000_000, 3_000_000)
+    huge = {bytes([b]): b for b in range(256)} | {b"zz": 1 << 32}  # an id past 32 bits: keys of 65 bits
+    with pytest.raises(ValueError, match="4294967297 tokens and 1 merges overflow a 64-bit slot"):
+        PairTable(huge, {b"zz": 0})
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     training=st.text(alphabet="abcab c", min_size=50, max_size=400),

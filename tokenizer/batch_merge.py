@@ -40,16 +40,22 @@ class PairTable:
     ``encoder``: ordinary token bytes -> id; ``ranks``: merge result bytes -> rank (lower merges
     first). A pair is the key ``left * (n + 1) + right``, kept in an open-addressing hash table at most
     a quarter full: a lookup of a whole array of pairs is one gather and compare per probe, and nearly
-    every pair is settled by the first probe (a binary search would take ~17 dependent gathers).
+    every pair is settled by the first probe (a binary search would take ~17 dependent gathers). A slot
+    holds its key and rank in one int64, ``key << rank_bits | rank``, so the gather that finds the key
+    brings the rank with it: one random memory access per pair instead of two (the table, 4 MB for
+    GPT-2's merges, is far from the cache; this made a long-tailed encode ~1.5% faster).
     ``pad`` (= n, no token) marks the end of a row; the keys of its pairs, ``left * (n + 1) + n`` and
     ``n * (n + 1) + right``, are no pair's of two tokens, so they need no special case: never found.
     """
 
     def __init__(self, encoder: dict[bytes, int], ranks: dict[bytes, int]) -> None:
         self.n = max(encoder.values()) + 1
+        n_ranks = max(ranks.values(), default=-1) + 1
+        if not self.fits(self.n, n_ranks):
+            raise ValueError(f"PairTable: {self.n} tokens and {n_ranks} merges overflow a 64-bit slot")
         self.pad = self.n
         self._base = self.n + 1
-        merged = np.zeros(max(ranks.values(), default=-1) + 1, dtype=np.int32)
+        merged = np.zeros(n_ranks, dtype=np.int32)
         merged[list(ranks.values())] = list(map(encoder.__getitem__, ranks))
         # Every split of every merge result into two tokens, one split position at a time: slicing
         # and dictionary lookups by C-level map, NumPy to keep the splits whose halves are tokens.
@@ -72,9 +78,16 @@ class PairTable:
         self.byte_ids = np.array([encoder[bytes([b])] for b in range(256)], dtype=np.int32)
         n_keys = sum(map(len, keys))
         self._bits = max(4, (4 * n_keys).bit_length())
-        self._slot_keys = np.full(1 << self._bits, _EMPTY, dtype=np.int64)
-        self._slot_ranks = np.full(1 << self._bits, _NO_RANK, dtype=np.int32)
-        self._insert(np.concatenate(keys), np.concatenate(key_ranks).astype(np.int32))
+        self._rank_bits = max(1, n_ranks).bit_length()
+        self._rank_mask = (1 << self._rank_bits) - 1
+        self._held = np.full(1 << self._bits, _EMPTY, dtype=np.int64)  # key << _rank_bits | rank
+        self._insert(np.concatenate(keys), np.concatenate(key_ranks))
+
+    @staticmethod
+    def fits(n_tokens: int, n_merges: int) -> bool:
+        """Whether a pair key (< (n_tokens + 1)^2) and a rank fit one non-negative int64 together
+        (vocabularies up to ~2M tokens)."""
+        return ((n_tokens + 1) ** 2).bit_length() + max(1, n_merges).bit_length() <= 63
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         return ((keys * _GOLDEN) >> (64 - self._bits)) & ((1 << self._bits) - 1)
@@ -84,10 +97,10 @@ class PairTable:
         takes it, and the others (and those that found it taken) try the next slot."""
         slot, mask = self._slots(keys), (1 << self._bits) - 1
         while len(keys):
-            free = self._slot_keys[slot] == _EMPTY
+            free = self._held[slot] == _EMPTY
             _, first = np.unique(np.where(free, slot, -1), return_index=True)
             first = first[free[first]]
-            self._slot_keys[slot[first]], self._slot_ranks[slot[first]] = keys[first], key_ranks[first]
+            self._held[slot[first]] = (keys[first] << self._rank_bits) | key_ranks[first]
             rest = np.ones(len(keys), dtype=bool)
             rest[first] = False
             keys, key_ranks, slot = keys[rest], key_ranks[rest], (slot[rest] + 1) & mask
@@ -96,15 +109,17 @@ class PairTable:
         """Rank of each pair (``_NO_RANK`` if it is not merged, or if either side is padding)."""
         key = (left.astype(np.int64) * self._base + right).ravel()
         slot = self._slots(key)
-        held = self._slot_keys[slot]
-        out = np.where(held == key, self._slot_ranks[slot], _NO_RANK)  # nearly all settled here
-        todo = np.flatnonzero((held != key) & (held != _EMPTY))  # another key in that slot: probe on
-        key, slot, mask = key[todo], slot[todo], (1 << self._bits) - 1
+        held = self._held[slot]
+        shift, rank_mask, slot_mask = self._rank_bits, self._rank_mask, (1 << self._bits) - 1
+        held_key = held >> shift  # -1 for a free slot (an arithmetic shift): never a key
+        out = np.where(held_key == key, held & rank_mask, _NO_RANK)  # nearly all settled here
+        todo = np.flatnonzero((held_key != key) & (held != _EMPTY))  # another key in that slot: probe on
+        key, slot = key[todo], slot[todo]
         while len(todo):
-            slot = (slot + 1) & mask
-            held = self._slot_keys[slot]
-            found = held == key
-            out[todo[found]] = self._slot_ranks[slot[found]]
+            slot = (slot + 1) & slot_mask
+            held = self._held[slot]
+            found = (held >> shift) == key
+            out[todo[found]] = held[found] & rank_mask
             going = ~found & (held != _EMPTY)
             todo, key, slot = todo[going], key[going], slot[going]
         return out.reshape(left.shape)

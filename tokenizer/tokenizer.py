@@ -355,8 +355,10 @@ class Tokenizer:
         ``_BATCH_MAX_BYTES``, by ``_bpe``."""
         self._misses_seen += len(pieces)
         # Few misses so far (most text): the batch's pair table would cost more than it saves.
-        if len(pieces) < _BATCH_MIN or (
-            "_pair_table" not in self.__dict__ and self._misses_seen < _TABLE_AFTER
+        if (
+            len(pieces) < _BATCH_MIN
+            or ("_pair_table" not in self.__dict__ and self._misses_seen < _TABLE_AFTER)
+            or not PairTable.fits(self.vocab_size, len(self.merges))  # a vocabulary of millions of tokens
         ):
             return list(map(self._pack, map(self._bpe, map(str.encode, pieces))))
         out = list(map(self._text_tokens.get, pieces))  # a pre-token that is a token is that token
