@@ -8,8 +8,10 @@ hits our cache) and the long-tailed corpus (``benchmarks.diverse_corpus``: hundr
 distinct pre-tokens, so the BPE of cache misses is the hot path). Every figure is MB of UTF-8 input per
 second of wall time, measured in this run, each encoder starting cold: every timed run is a fresh
 interpreter (``--measure``, internal) with a fresh encoder object and empty caches, so no encoder runs
-in a heap another one left; loading the files is not timed; parallel figures include starting the
-workers. Ids are checked to be identical across all of them.
+in a heap another one left. Loading the files and building each encoder (our ``Tokenizer``, tiktoken's
+``Encoding``, HF's ``Tokenizer``) are not timed; parallel figures include starting the workers, and
+``encode_file``'s include reading and hashing the file and writing (fsync) the ``.npy``, where the
+others are handed the text in memory. Ids are checked to be identical across all of them.
 Targets (issue 14): ours single-process >= 0.7x tiktoken single-thread on the Markov corpus and
 >= 0.5x on the long-tailed one; ``encode_file`` with 2 workers >= 1.0x tiktoken single-thread on both.
 """
