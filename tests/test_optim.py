@@ -85,6 +85,26 @@ def test_params_without_grad_are_skipped():
     assert opt.state[a]["step"] == 1
 
 
+def test_a_step_without_one_gradient_mid_training_matches_torch():
+    """One parameter without a gradient for a step (the flat path's layout already built): it is
+    skipped and its step count falls behind the others', and later steps still equal torch's."""
+    ours_model = _model()
+    ref_model = copy.deepcopy(ours_model)
+    ours, ref = AdamW(_groups(ours_model), lr=1e-2), torch.optim.AdamW(_groups(ref_model), lr=1e-2)
+    for step in range(6):
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            torch.manual_seed(step)
+            model(torch.randn(4, 8)).square().mean().backward()
+            if step == 2:
+                next(model.parameters()).grad = None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for a, b in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    params = list(ours_model.parameters())
+    assert [ours.state[p]["step"] for p in params] == [5, 6, 6, 6]
+
+
 def test_state_dict_round_trip_continues_identically():
     model = _model()
     opt = AdamW(_groups(model), lr=1e-2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Callable, Iterable
 
 import torch
@@ -56,19 +57,41 @@ class _FlatLayout:
         self.grad = torch.empty_like(self.param)
         self.denominator = torch.empty_like(self.param)
         self._pointers = [p.data_ptr() for p in params]
-        self._moments = [(state[p]["exp_avg"], state[p]["exp_avg_sq"]) for p in params]
+        self._states = [state[p] for p in params]
+        self._exp_avgs = [s["exp_avg"] for s in self._states]
+        self._exp_avg_sqs = [s["exp_avg_sq"] for s in self._states]
 
     def holds(self, params: list[Tensor], state: dict) -> bool:
-        """Are ``params`` still exactly the tensors this layout made (same objects, same storage)?"""
+        """Are ``params`` and their moments still exactly the tensors this layout made (same objects,
+        same storage)? Written with ``map`` over whole lists: it runs every step (``gradients``)."""
         return (
             len(params) == len(self.params)
-            and all(p is q for p, q in zip(params, self.params, strict=True))
-            and all(p.data_ptr() == ptr for p, ptr in zip(params, self._pointers, strict=True))
-            and all(
-                state[p]["exp_avg"] is m and state[p]["exp_avg_sq"] is v
-                for p, (m, v) in zip(params, self._moments, strict=True)
-            )
+            and all(map(operator.is_, params, self.params))
+            and [p.data_ptr() for p in params] == self._pointers
+            and all(map(operator.is_, [state[p] for p in params], self._states))
+            and all(map(operator.is_, [s["exp_avg"] for s in self._states], self._exp_avgs))
+            and all(map(operator.is_, [s["exp_avg_sq"] for s in self._states], self._exp_avg_sqs))
         )
+
+    def gradients(self, group: dict, state: dict) -> list[Tensor] | None:
+        """The gradients of a step this layout can take as it is, in ``params`` order; None when it
+        cannot (the group or a tensor was replaced, or a parameter has no gradient or a sparse one),
+        and ``AdamW.step`` takes the general path, which rebuilds the layout where it applies.
+
+        Why a path of its own: the general one walks the parameters one by one in Python (state
+        lookups, lists, checks). Here every check is one C-level pass over a list, and the step counts,
+        equal by construction, advance together: at the ablation_base size a step takes 0.12-0.14 ms
+        less (1.49-1.87 ms instead of 1.61-2.00; ``torch.optim.AdamW(fused=True)``: 0.84-1.04 ms)."""
+        grads = [p.grad for p in self.params]
+        if any(g is None or g.is_sparse for g in grads) or not self.holds(group["params"], state):
+            return None
+        return grads
+
+    def advance(self) -> int:
+        """Count one more step on every parameter (they all have the same count); return it."""
+        for s in self._states:
+            s["step"] += 1
+        return self._states[0]["step"]
 
 
 def _flattenable(group: dict, params: list[Tensor], steps: list[int]) -> bool:
@@ -146,6 +169,11 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for index, group in enumerate(self.param_groups):
+            layout = self._flat.get(index)
+            grads = layout.gradients(group, self.state) if layout is not None else None
+            if grads is not None:  # the common case: the same flat group as last step, every gradient
+                self._flat_step(layout, grads, group, layout.advance())
+                continue
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
@@ -169,29 +197,27 @@ class AdamW(torch.optim.Optimizer):
                 layout = self._flat.get(index)
                 if layout is None or not layout.holds(params, self.state):
                     layout = self._flat[index] = _FlatLayout(params, self.state)
-                grad = torch.cat([g.reshape(-1) for g in grads], out=layout.grad)  # (total elements,)
-                if self.compiled_update:
-                    lr, (beta1, beta2), wd, t = group["lr"], group["betas"], group["weight_decay"], steps[0]
-                    # The values that change from step to step go in as a tensor, not as Python floats,
-                    # which the compiled kernel would have as constants (a new compilation every step).
-                    per_step = torch.tensor(
-                        [1.0 - lr * wd, -lr / (1.0 - beta1**t), math.sqrt(1.0 - beta2**t)]
-                    )
-                    flat = layout.param, grad, layout.exp_avg, layout.exp_avg_sq
-                    _compiled_flat_update()(*flat, per_step, beta1, beta2, group["eps"])
-                    continue
-                self._update(
-                    [layout.param],
-                    [grad],
-                    [layout.exp_avg],
-                    [layout.exp_avg_sq],
-                    steps[:1],
-                    group,
-                    denominators=[layout.denominator],
-                )
+                self._flat_step(layout, grads, group, steps[0])
             else:
+                # Step counts may now differ between the parameters: no flat step until a layout is
+                # rebuilt (by the check above, which requires equal counts).
+                self._flat.pop(index, None)
                 self._update(params, grads, exp_avgs, exp_avg_sqs, steps, group)
         return loss
+
+    def _flat_step(self, layout: _FlatLayout, grads: list[Tensor], group: dict, t: int) -> None:
+        """Step ``t`` of a group held by ``layout``, its gradients gathered into one flat vector."""
+        grad = torch.cat([g.reshape(-1) for g in grads], out=layout.grad)  # (total elements,)
+        if self.compiled_update:
+            lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+            # The values that change from step to step go in as a tensor, not as Python floats,
+            # which the compiled kernel would have as constants (a new compilation every step).
+            per_step = torch.tensor([1.0 - lr * wd, -lr / (1.0 - beta1**t), math.sqrt(1.0 - beta2**t)])
+            flat = layout.param, grad, layout.exp_avg, layout.exp_avg_sq
+            _compiled_flat_update()(*flat, per_step, beta1, beta2, group["eps"])
+            return
+        moments = [layout.exp_avg], [layout.exp_avg_sq]
+        self._update([layout.param], [grad], *moments, [t], group, denominators=[layout.denominator])
 
     @staticmethod
     def _update(
