@@ -98,14 +98,40 @@ def test_bad_arguments_write_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_invalid_utf8_names_the_byte_and_leaves_nothing_behind(tmp_path, workers):
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_invalid_utf8_names_the_first_bad_byte_and_leaves_nothing_behind(tmp_path, workers):
+    """The error names the file's first bad byte (not a later one), whatever the number of workers."""
     tok = Tokenizer({i: bytes([i]) for i in range(256)}, [])
     src = tmp_path / "in.txt"
-    src.write_bytes(b"good line\n" * 300 + b"bad \xff byte\n" + b"more\n" * 300)
+    src.write_bytes(b"good line\n" * 300 + b"bad \xff byte\n" + b"more\n" * 300 + b"\xfe\n" + b"end\n")
     with pytest.raises(ValueError, match=r"in.txt: invalid UTF-8 at byte 3004$"):
         encode_file(src, tmp_path / "o.npy", tok, num_workers=workers, chunk_bytes=256, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_a_slow_worker_changes_nothing_but_who_encodes_what(tmp_path, fixture_file, monkeypatch):
+    """Workers take the next range when free (``Tickets``): with one of them slowed down, the ranges
+    arrive out of order and are still written in file order."""
+    import os
+    import time
+
+    from tokenizer import encode_to_npy
+
+    tok = ours_gpt2()
+    path = fixture_file("tinystories_sample.txt")
+    encode_range = encode_to_npy._encode_range
+    parent = os.getpid()
+
+    def uneven(path, start, end, tokenizer, errors="strict"):
+        if os.getpid() % 2 and os.getpid() != parent:  # about half the workers, by pid
+            time.sleep(0.01)
+        return encode_range(path, start, end, tokenizer, errors)
+
+    monkeypatch.setattr(encode_to_npy, "_encode_range", uneven)
+    for workers in (2, 3):
+        out = tmp_path / f"w{workers}.npy"
+        encode_file(path, out, tok, num_workers=workers, chunk_bytes=256, progress=False)
+        assert np.load(out).tolist() == tok.encode(path.read_text(encoding="utf-8"))
 
 
 def test_replaces_an_existing_output_atomically(tmp_path, fixture_file):

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tokenizer import pretokenize, splitting
 from tokenizer.pretokenize import (
+    Tickets,
     Workers,
     chunk_ranges,
     count_file,
@@ -259,6 +260,29 @@ def test_count_file_on_all_of_unicode(tmp_path, text, special_tokens, chunk_byte
     with mock.patch.object(pretokenize, "MIN_CHUNKS_PER_WORKER", 1):
         got = count_file(path, special_tokens, num_workers=3, chunk_bytes=chunk_bytes)
     assert got.counts == reference_counts(text, special_tokens)
+
+
+def test_tickets_are_each_taken_once_by_whichever_worker_asks():
+    tickets = Tickets()
+    assert tickets.capacity >= 1024
+    too_many = Tickets()
+    with pytest.raises(ValueError, match="do not fit"):
+        too_many.deal(too_many.capacity + 1)
+    too_many.close()
+    tickets.deal(500)
+
+    def work(i, send):
+        while (n := tickets.take()) is not None:
+            send(b"%d" % n)
+
+    with Workers(3, work) as pool:
+        tickets.close()
+        taken = []
+        while pool.running:
+            for i in pool.ready(None):
+                if (message := pool.receive(i)) is not None:
+                    taken.append(int(message))
+    assert sorted(taken) == list(range(500))
 
 
 def test_workers_send_in_order_and_report_errors():

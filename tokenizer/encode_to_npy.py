@@ -5,20 +5,23 @@ How (and why):
 * The file is cut into byte ranges of about ``chunk_bytes`` at *safe* cuts, where encoding the two
   sides apart gives the ids of the whole (``tokenizer.pretokenize.chunk_ranges``: white space after a
   non-space character, never inside a special token), the chunks BPE training counts too.
-* The ranges are dealt round-robin to ``num_workers`` forked processes (``tokenizer.pretokenize.Workers``:
-  worker i takes ranges i, i + k, i + 2k, ...; with one worker, this process encodes them itself).
-  Each reads and encodes its own ranges (only offsets travel) and sends the ids back as raw
-  uint16/uint32 bytes through its pipe.
+* ``num_workers`` forked processes (``tokenizer.pretokenize.Workers``) take the ranges one at a time,
+  each the next one free when it is done with its last (``tokenizer.pretokenize.Tickets``: a faster
+  worker takes more; with one worker, this process encodes them itself). Each reads and encodes its
+  own ranges (only offsets travel) and sends the ids back as raw uint16/uint32 bytes through its pipe,
+  headed by the range's number.
 * This process only writes the results, in file order, straight after a ``.npy`` header whose length
-  field is fixed once the token count is known. It reads from one worker at a time, so a worker that
-  is ahead waits with a chunk's ids in its pipe: neither the text nor the array is ever held whole.
-  Everything goes to a temporary name in the output's folder and is renamed at the end.
+  field is fixed once the token count is known. A worker that is ahead waits with a chunk's ids in its
+  pipe, after at most one more read ahead here (``_next_chunk`` says why that bound holds): neither
+  the text nor the array is ever held whole. Everything goes to a temporary name in the output's
+  folder and is renamed at the end. Meanwhile this process hashes the file for the metadata.
 * ``<output stem>.meta.json`` (``train.npy`` -> ``train.meta.json``) is written after the array,
   so its presence means the array is complete; it records what produced the array (tokenizer hash,
   source size / mtime / sha256), for caches to tell a stale array from a good one.
-* Invalid UTF-8 is refused before any work (``FILE: invalid UTF-8 at byte N``, found in the same pass
-  that hashes the file) unless ``errors="replace"``, which decodes every chunk with U+FFFD for the bad
-  bytes. Stale temporary files of dead writers in the output's folder are swept first.
+* Invalid UTF-8 is refused before any work (``FILE: invalid UTF-8 at byte N``, ``check_utf8``: one
+  decoding pass, ~18 ms for 20 MB) unless ``errors="replace"``, which decodes every chunk with U+FFFD
+  for the bad bytes. The file's hash for the metadata is computed while the workers encode. Stale
+  temporary files of dead writers in the output's folder are swept first.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ from tokenizer.files import (
     ProgressBar,
     atomic_write,
     check_errors_option,
-    scan_file,
+    check_utf8,
+    sha256_file,
     sweep_stale_temps,
     write_json,
 )
-from tokenizer.pretokenize import CAN_FORK, Workers, chunk_ranges
+from tokenizer.pretokenize import CAN_FORK, Tickets, Workers, chunk_ranges
 from tokenizer.tokenizer import Tokenizer
 
 __all__ = ["encode_file", "meta_path_for"]
@@ -70,6 +74,27 @@ def _encode_range(path: Path, start: int, end: int, tokenizer: Tokenizer, errors
     return tokenizer.encode_to_numpy(text).tobytes()
 
 
+def _next_chunk(
+    pool: Workers, workers: int, pending: dict[int, tuple[int, bytes]], j: int, path: Path
+) -> memoryview:
+    """The ids of range ``j``, reading the workers' messages (the range's number, then its ids) as
+    they come; the ones of later ranges wait in ``pending``.
+
+    Only workers with nothing in ``pending`` are read. The worker encoding range j has nothing there:
+    it took its ranges in increasing order, and every range below j is written. So the others are each
+    held at one range waiting here and one in their pipe, and memory stays bounded.
+    """
+    while j not in pending:
+        busy = {worker for worker, _ in pending.values()}
+        ready = pool.ready(None, among=[i for i in range(workers) if i not in busy])
+        if not ready:
+            raise RuntimeError(f"encoding {path}: the workers finished before range {j}")
+        for i in ready:
+            if (message := pool.receive(i)) is not None:
+                pending[int.from_bytes(message[:4], "little")] = (i, message)
+    return memoryview(pending.pop(j)[1])[4:]
+
+
 def _write_npy_header(f, dtype: np.dtype, length: int) -> int:
     """A version 1.0 ``.npy`` header for a 1-d array; returns its length in bytes.
 
@@ -80,6 +105,62 @@ def _write_npy_header(f, dtype: np.dtype, length: int) -> int:
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)}
     np.lib.format.write_array_header_1_0(f, header)
     return f.tell() - start
+
+
+def _write_ids(
+    input_path: Path,
+    output_path: Path,
+    tokenizer: Tokenizer,
+    ranges: list[tuple[int, int]],
+    workers: int,
+    tickets: Tickets | None,
+    errors: str,
+    progress: bool,
+) -> tuple[int, tuple[str, str]]:
+    """Encode ``ranges`` (in ``workers`` forked processes taking ``tickets``, or here when 1) into the
+    ``.npy`` ``output_path``, atomically; (tokens written, (tokenizer hash, file hash))."""
+    dtype = tokenizer.id_dtype  # uint16, or uint32 for a vocabulary over 65,536 tokens
+
+    # No batched-merge table is built here for the workers to inherit: each builds its own only if its
+    # text turns out long-tailed (``Tokenizer``, after 32K misses), at once with the others, and text
+    # with few distinct words never pays it (on 20 MB of the Markov corpus the table was ~0.14 s of a
+    # 1.2-1.3 s encode_file).
+    def work(i: int, send: Callable[[bytes], None]) -> None:  # runs in a forked worker
+        while (j := tickets.take()) is not None:
+            start, end = ranges[j]
+            send(j.to_bytes(4, "little") + _encode_range(input_path, start, end, tokenizer, errors))
+
+    # With several workers, all of them are forked and this process only writes what they send, in
+    # order: a chunk's ids (hundreds of KB) overflow a pipe, so a worker waits until they are read,
+    # and this process reading only between chunks of its own would leave the workers idle meanwhile.
+    n_tokens = 0
+    pending: dict[int, tuple[int, bytes]] = {}  # range -> (worker, message), read ahead of its turn
+    file_size = ranges[-1][1] if ranges else 0
+    with (
+        Workers(workers if workers > 1 else 0, work) as pool,  # forked before the progress bar's thread
+        atomic_write(output_path, "wb") as out,
+        ProgressBar(file_size, f"encoding {input_path.name}", progress, unit="bytes") as bar,
+    ):
+        if tickets is not None:
+            tickets.close()  # the workers have their copies
+        header_size = _write_npy_header(out, dtype, 0)
+        # The metadata's hashes now, while the workers encode, rather than after the last chunk: the
+        # tokenizer's (~50 ms for GPT-2's vocabulary; cached once computed) and the file's (~16 ms for
+        # 20 MB). With one worker this process does everything, in the same order.
+        hashes = tokenizer.fingerprint, sha256_file(input_path)
+        for j, (start, end) in enumerate(ranges):
+            if workers == 1:
+                data = _encode_range(input_path, start, end, tokenizer, errors)
+            else:
+                data = _next_chunk(pool, workers, pending, j, input_path)
+            out.write(data)
+            n_tokens += len(data) // dtype.itemsize
+            bar.advance(end - start)
+        out.seek(0)
+        if _write_npy_header(out, dtype, n_tokens) != header_size:  # cannot happen below 10**21 tokens
+            raise RuntimeError(f"{output_path}: the .npy header changed size")
+        meta_path_for(output_path).unlink(missing_ok=True)  # an old one must not vouch for the new array
+    return n_tokens, hashes
 
 
 def encode_file(
@@ -114,64 +195,39 @@ def encode_file(
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers={num_workers}: expected at least 1")
     stat = input_path.stat()
-    # One pass: the hash, the UTF-8 check (before any work or output), and a warm page cache.
-    source_sha256, bad = scan_file(input_path, utf8=errors == "strict")
-    if bad is not None:
-        raise InvalidUTF8Error(input_path, bad)
+    if errors == "strict":
+        check_utf8(input_path)
     sweep_stale_temps(output_path.parent)
-    workers = num_workers or _usable_cores()
+    workers = (num_workers or _usable_cores()) if CAN_FORK else 1
     if chunk_bytes is None:
         chunk_bytes = min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, math.ceil(stat.st_size / (8 * workers))))
-    with open(input_path, "rb") as f:
-        ranges = chunk_ranges(f, stat.st_size, tokenizer.special_tokens, chunk_bytes)
-    workers = max(1, min(workers, len(ranges))) if CAN_FORK else 1
-    dtype = tokenizer.id_dtype  # uint16, or uint32 for a vocabulary over 65,536 tokens
-
-    # No batched-merge table is built here for the workers to inherit: each builds its own only if its
-    # text turns out long-tailed (``Tokenizer``, after 32K misses), at once with the others, and text
-    # with few distinct words never pays it (on 20 MB of the Markov corpus the table was ~0.14 s of a
-    # 1.2-1.3 s encode_file).
-    def work(i: int, send: Callable[[bytes], None]) -> None:  # runs in forked worker i
-        for start, end in ranges[i::workers]:
-            send(_encode_range(input_path, start, end, tokenizer, errors))
-
-    # With several workers, all of them are forked and this process only writes what they send, in
-    # order: a chunk's ids (hundreds of KB) overflow a pipe, so a worker waits until they are read,
-    # and this process reading only between chunks of its own would leave the workers idle meanwhile.
-    n_tokens = 0
-    with (
-        Workers(workers if workers > 1 else 0, work) as pool,  # forked before the progress bar's thread
-        atomic_write(output_path, "wb") as out,
-        ProgressBar(stat.st_size, f"encoding {input_path.name}", progress, unit="bytes") as bar,
-    ):
-        header_size = _write_npy_header(out, dtype, 0)
-        # The tokenizer's hash for the metadata (~50 ms for GPT-2's vocabulary; cached once computed):
-        # now, while the workers encode, rather than after the last chunk, when it is all that is left.
-        tokenizer_hash = tokenizer.fingerprint
-        for j, (start, end) in enumerate(ranges):
-            if workers == 1:
-                data = _encode_range(input_path, start, end, tokenizer, errors)
-            elif (data := pool.receive(j % workers)) is None:
-                raise RuntimeError(f"encoding {input_path}: a worker finished early")
-            out.write(data)
-            n_tokens += len(data) // dtype.itemsize
-            bar.advance(end - start)
-        out.seek(0)
-        if _write_npy_header(out, dtype, n_tokens) != header_size:  # cannot happen below 10**21 tokens
-            raise RuntimeError(f"{output_path}: the .npy header changed size")
-        meta_path_for(output_path).unlink(missing_ok=True)  # an old one must not vouch for the new array
-
+    tickets = Tickets() if workers > 1 else None
+    try:
+        if tickets is not None:  # a file of many GB: longer ranges, as many as the tickets' pipe holds
+            chunk_bytes = max(chunk_bytes, math.ceil(stat.st_size / tickets.capacity))
+        with open(input_path, "rb") as f:
+            ranges = chunk_ranges(f, stat.st_size, tokenizer.special_tokens, chunk_bytes)
+        workers = max(1, min(workers, len(ranges)))
+        if workers > 1:
+            tickets.deal(len(ranges))
+        dealt = tickets if workers > 1 else None
+        n_tokens, hashes = _write_ids(
+            input_path, output_path, tokenizer, ranges, workers, dealt, errors, progress
+        )
+    finally:
+        if tickets is not None:
+            tickets.close()
     meta = {
-        "tokenizer_hash": tokenizer_hash,
+        "tokenizer_hash": hashes[0],
         "vocab_size": tokenizer.vocab_size,
-        "dtype": dtype.name,
+        "dtype": tokenizer.id_dtype.name,
         "n_tokens": n_tokens,
         "n_bytes": stat.st_size,
         "bytes_per_token": stat.st_size / n_tokens if n_tokens else None,
         "source_path": str(input_path.resolve()),
         "source_size": stat.st_size,
         "source_mtime_ns": stat.st_mtime_ns,
-        "source_sha256": source_sha256,
+        "source_sha256": hashes[1],
     }
     if errors != "strict":
         meta["errors"] = errors

@@ -249,20 +249,22 @@ def check_errors_option(errors: str, name: str = "errors") -> str:
 
 
 def scan_file(
-    path: str | os.PathLike, *, utf8: bool = True, chunk_bytes: int = 1 << 20
+    path: str | os.PathLike, *, utf8: bool = True, sha256: bool = True, chunk_bytes: int = 1 << 20
 ) -> tuple[str, int | None]:
-    """One pass over a file: its hex SHA-256 and the offset of its first invalid UTF-8 byte (``None``:
-    all valid, or ``utf8=False``: not checked). Read in 1 MiB chunks through an incremental decoder, so
-    a character cut by a chunk's end is judged whole and memory stays constant."""
+    """One pass over a file: its hex SHA-256 (``""`` with ``sha256=False``) and the offset of its first
+    invalid UTF-8 byte (``None``: all valid, or ``utf8=False``: not checked). Read in 1 MiB chunks
+    through an incremental decoder, so a character cut by a chunk's end is judged whole and memory
+    stays constant."""
     import codecs
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if sha256 else None
     decoder = codecs.getincrementaldecoder("utf-8")() if utf8 else None
     consumed, bad = 0, None  # bytes fed to the decoder so far
     with open(path, "rb") as f:
         while True:
             chunk = f.read(chunk_bytes)
-            digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             if decoder is not None and bad is None:
                 pending = len(decoder.getstate()[0])  # an unfinished character from the last chunk
                 try:
@@ -272,12 +274,12 @@ def scan_file(
                 consumed += len(chunk)
             if not chunk:
                 break
-    return digest.hexdigest(), bad
+    return digest.hexdigest() if digest is not None else "", bad
 
 
 def check_utf8(path: str | os.PathLike) -> None:
     """Raise :class:`InvalidUTF8Error` (``FILE: invalid UTF-8 at byte N``) unless ``path`` is UTF-8."""
-    bad = scan_file(path)[1]
+    bad = scan_file(path, sha256=False)[1]
     if bad is not None:
         raise InvalidUTF8Error(path, bad)
 

@@ -22,7 +22,7 @@ import select
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import chain, compress, pairwise, repeat
 from operator import eq, gt
 from typing import BinaryIO
@@ -244,6 +244,57 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+class Tickets:
+    """The numbers 0 .. n-1, each taken by whichever forked worker asks first: dynamic scheduling.
+
+    Why: ranges dealt round-robin finish when the slowest worker's share does, and on a shared machine
+    one worker often gets the busier core or the slower text (two workers encoding 20 MB: busy 1.64 s
+    and 1.54 s). A worker that takes the next range when it is free takes more of them when it is
+    faster; ``encode_file``'s two workers went from 1.66 to 1.59 s on the long-tailed 20 MB and from
+    0.84 to 0.79 s on the Markov one (medians of 16 and 12 alternating runs).
+
+    How: ``deal(n)`` writes the numbers, 4 bytes each, into a pipe before any worker is forked, and
+    closes its write end. ``take`` reads 4 bytes; a pipe read is done under the pipe's lock, so no two
+    workers ever get the same number, and the empty pipe (end of file) means none is left. The pipe
+    must hold every number, since no one reads before the workers start: ``capacity`` says how many
+    it holds (Linux: the pipe is enlarged to 1 MiB where the user's quota allows; elsewhere one page,
+    what any pipe holds). The parent ``close``s its copy once the workers are forked.
+    """
+
+    def __init__(self) -> None:
+        self._fd, self._write_fd = os.pipe()
+        self.capacity = 4096 // 4
+        if hasattr(fcntl, "F_SETPIPE_SZ"):
+            with contextlib.suppress(OSError):  # beyond the user's pipe quota: the size it has
+                fcntl.fcntl(self._write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            with contextlib.suppress(OSError):
+                self.capacity = fcntl.fcntl(self._write_fd, fcntl.F_GETPIPE_SZ) // 4
+
+    def deal(self, n: int) -> None:
+        """Put 0 .. n-1 in the pipe (n <= ``capacity``), then close it for writing."""
+        if n > self.capacity:
+            raise ValueError(f"{n} tickets do not fit in the pipe (it holds {self.capacity})")
+        data = memoryview(b"".join(i.to_bytes(4, "little") for i in range(n)))
+        os.set_blocking(self._write_fd, False)  # should the pipe hold less than it said: fail, not hang
+        try:
+            while data:
+                data = data[os.write(self._write_fd, data) :]
+        finally:
+            os.close(self._write_fd)
+            self._write_fd = -1
+
+    def take(self) -> int | None:
+        """The next number, or None when all are taken."""
+        data = os.read(self._fd, 4)
+        return int.from_bytes(data, "little") if data else None
+
+    def close(self) -> None:
+        for fd in (self._fd, self._write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._write_fd = -1
+
+
 class Workers:
     """``n`` forked processes, each sending messages (bytes) to this one through its own pipe.
 
@@ -325,11 +376,13 @@ class Workers:
         """Whether some worker has not finished."""
         return bool(self._running)
 
-    def ready(self, timeout: float) -> list[int]:
-        """The unfinished workers with a message waiting (or dead), waiting up to ``timeout`` seconds."""
-        fds = [self._fds[i] for i in self._running]
+    def ready(self, timeout: float | None, among: Iterable[int] | None = None) -> list[int]:
+        """The unfinished workers (of ``among``, default all) with a message waiting (or dead), waiting
+        up to ``timeout`` seconds (None: until there is one)."""
+        workers = sorted(self._running if among is None else self._running.intersection(among))
+        fds = [self._fds[i] for i in workers]
         ready = set(select.select(fds, [], [], timeout)[0]) if fds else set()
-        return [i for i in sorted(self._running) if self._fds[i] in ready]
+        return [i for i in workers if self._fds[i] in ready]
 
     def receive(self, i: int) -> bytes | None:
         """Worker ``i``'s next message (waiting for it); ``None`` once the worker has finished."""
