@@ -250,8 +250,10 @@ class Tickets:
     Why: ranges dealt round-robin finish when the slowest worker's share does, and on a shared machine
     one worker often gets the busier core or the slower text (two workers encoding 20 MB: busy 1.64 s
     and 1.54 s). A worker that takes the next range when it is free takes more of them when it is
-    faster; ``encode_file``'s two workers went from 1.66 to 1.59 s on the long-tailed 20 MB and from
-    0.84 to 0.79 s on the Markov one (medians of 16 and 12 alternating runs).
+    faster. ``encode_file`` with two workers on 20 MB, medians of alternating runs against round-robin
+    (one process, a noisy host): Markov 0.975 -> 0.898 s (faster in 9 of 12),
+    long-tailed 1.86 -> 1.82 s (7 of 16); a first version, without the UTF-8 pass, 0.84 -> 0.79 s and
+    1.66 -> 1.59 s (12 and 13 of 16).
 
     How: ``deal(n)`` writes the numbers, 4 bytes each, into a pipe before any worker is forked, and
     closes its write end. ``take`` reads 4 bytes; a pipe read is done under the pipe's lock, so no two
