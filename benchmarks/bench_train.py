@@ -1,7 +1,7 @@
 """Training speed through `lit_llm.train` (Lightning, as a user runs it) against plain PyTorch loops, each
-run in a fresh interpreter; the three runs of a round take turns, a tenth of the timed steps at a time.
+run in a fresh interpreter; the runs of a round take turns, a tenth of the timed steps at a time.
 
-Three ways to do the same training, timed over the same span:
+Four runs of the same training, timed over the same span:
 
 * **plain built-in loop**: what a nanoGPT-style ``train.py`` does, the reference. The same architecture
   written with PyTorch's own modules and kernels (``benchmarks.bench_model.ReferenceLM``: ``nn.Linear``,
@@ -9,10 +9,14 @@ Three ways to do the same training, timed over the same span:
   ``torch.optim.AdamW(fused=True)`` with the same decay groups, ``clip_grad_norm_``, the same
   warmup-cosine schedule, random windows of the same token file (``get_batch``).
 * **our model, bare loop**: our from-scratch model, loss, AdamW and clipping in the same plain loop; its
-  gap to the first is our ops, its gap to the third is the framework.
+  gap to the first is our ops, its gap to the third is the framework (and the allocator setting below).
 * **lit_llm.train**: ``lit_llm.train.build`` + ``Trainer.fit``, exactly what the command runs, with
   everything a user gets (TensorBoard logger, progress bar, throughput/LR/grad-norm logging, the
-  non-finite guard, atomic last/best checkpoints) except text samples.
+  non-finite guard, atomic last/best checkpoints) except text samples. ``build`` also applies
+  ``keep_freed_memory`` (``lit_llm.memory``: glibc keeps freed memory instead of re-faulting it every
+  step), which the first two runs, plain loops as nanoGPT writes them, do not have;
+* **plain loop, freed memory kept**: the first run with that same allocator setting, to show how much
+  of a ratio is the allocator (on a CPU without glibc it is the first run again).
 
 Each timed span starts at step ``--warmup`` and ends when the last checkpoint is on disk; it holds one
 validation over the same fixed windows followed by a checkpoint (model + optimizer), a final
@@ -24,18 +28,18 @@ checkpoint, and reading the loss every ``log_every_n_steps`` steps. Shapes:
   heads, d_ff 1344, batch 8) on the quickstart corpus.
 * ``--shape quickstart``: the default experiment; then also the quickstart command from nothing.
 
-``--compile`` compiles all three (``torch.compile`` on both models and their training losses,
+``--compile`` compiles all four (``torch.compile`` on both models and their training losses,
 ``compile=true`` for ours, which compiles its AdamW update too). ``--eager-vs-compiled`` times, instead,
 our two runners eager and compiled, four runs taking turns, and prints compiled over eager.
-``--precision bf16-mixed`` runs all three with bfloat16 matmuls: ``trainer.precision=bf16-mixed`` for ours,
+``--precision bf16-mixed`` runs all four with bfloat16 matmuls: ``trainer.precision=bf16-mixed`` for ours,
 ``torch.autocast("cpu", torch.bfloat16)`` around the plain loops' forward (the loss in float32); on CPUs
 with bf16 instructions (AVX512-BF16, AMX) its matmuls run several times faster than float32's.
 Two clocks: wall time, and the process's CPU time (steadier on a shared machine with ``--threads 1``).
 Every run is its own process (``--run``, internal): one run after another in a single process, the later
 ones ran in what the earlier ones left (the plain loop at ablation_base: 18.1-19.6K tokens/s in a fresh
-process, 15.5K after a ``lit_llm.train`` run in the same one). The three processes of a round take turns
+process, 15.5K after a ``lit_llm.train`` run in the same one). The processes of a round take turns
 (``Turns``): each runs ``--block`` steps (a tenth of the timed span), stops, and waits while the others
-run theirs, so that all three meet the same drifts of this shared machine's speed (per-25-step medians of
+run theirs, so that all meet the same drifts of this shared machine's speed (per-25-step medians of
 one run ranged over 46-85 ms a step within 15 s); run one after another, whole runs of the same loop
 differed by 15-19.6K tokens/s.
 
@@ -72,6 +76,7 @@ from lit_llm.config_schema import SchedulerConfig
 from lit_llm.config_validation import resolve, validate_config
 from lit_llm.data.batch import get_batch
 from lit_llm.losses import cross_entropy
+from lit_llm.memory import keep_freed_memory
 from lit_llm.module import compiled_cross_entropy, parameter_groups, schedule_factor
 from lit_llm.optim import AdamW, clip_grad_norm
 from lit_llm.train import build
@@ -326,7 +331,7 @@ def quickstart_wall_time() -> tuple[float, str, float]:
         return elapsed, done.group(0) if done else "(no summary line)", entropy
 
 
-RUNNERS = ("plain built-in loop", "our model, bare loop", "lit_llm.train")
+RUNNERS = ("plain built-in loop", "our model, bare loop", "lit_llm.train", "plain loop, freed memory kept")
 COMPILED = ", compiled"  # a runner's name with this suffix: that runner with torch.compile
 EAGER_VS_COMPILED = (
     "our model, bare loop",
@@ -342,7 +347,9 @@ def run(
     """(wall, CPU) seconds of runner ``name`` (one of ``RUNNERS``) over the timed span, in this process."""
     if name == "lit_llm.train":
         return lightning_run(config, warmup, run_dir, turns)
-    builtin = name == "plain built-in loop"
+    if name == "plain loop, freed memory kept":  # what lit_llm.train's keep_freed_memory gives a plain loop
+        keep_freed_memory()
+    builtin = name != "our model, bare loop"
     return plain_run(config, warmup, run_dir, builtin=builtin, compile_=compile_, turns=turns)
 
 

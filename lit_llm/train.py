@@ -212,6 +212,10 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     from lit_llm.run_checkpoints import AtomicCheckpointIO
 
     _quiet_unactionable_messages()
+    if config.get("keep_freed_memory", True):
+        from lit_llm.memory import keep_freed_memory
+
+        keep_freed_memory()
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(config["matmul_precision"])
