@@ -212,7 +212,7 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     from lit_llm.run_checkpoints import AtomicCheckpointIO
 
     _quiet_unactionable_messages()
-    if config.get("keep_freed_memory", True):
+    if config["keep_freed_memory"]:
         from lit_llm.memory import keep_freed_memory
 
         keep_freed_memory()

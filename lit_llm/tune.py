@@ -108,7 +108,7 @@ def _fabric(config: dict[str, Any]) -> Any:
         raise ConfigError([trainer_problem(exc, trainer)]) from None
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(config["matmul_precision"])
-    if config.get("keep_freed_memory", True):  # as training does (lit_llm.train.build)
+    if config["keep_freed_memory"]:  # as training does (lit_llm.train.build)
         from lit_llm.memory import keep_freed_memory
 
         keep_freed_memory()

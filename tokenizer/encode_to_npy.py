@@ -211,11 +211,13 @@ def encode_file(
         with open(input_path, "rb") as f:
             ranges = chunk_ranges(f, stat.st_size, tokenizer.special_tokens, chunk_bytes)
         workers = max(1, min(workers, len(ranges)))
-        if workers > 1:
+        if workers == 1 and tickets is not None:  # one range: this process encodes it
+            tickets.close()
+            tickets = None
+        if tickets is not None:
             tickets.deal(len(ranges))
-        dealt = tickets if workers > 1 else None
         n_tokens, hashes = _write_ids(
-            input_path, output_path, tokenizer, ranges, workers, dealt, errors, progress
+            input_path, output_path, tokenizer, ranges, workers, tickets, errors, progress
         )
     finally:
         if tickets is not None:
