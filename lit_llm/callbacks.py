@@ -298,7 +298,7 @@ class ParameterHistograms(Callback):
         self._grads: list[Tensor | None] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._params, self._grads = None, []
+        self._names, self._params, self._grads = [], None, []
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer

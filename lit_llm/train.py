@@ -200,10 +200,22 @@ class _DropAdvertisement(logging.Filter):
         return not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
 
 
+def apply_process_settings(config: dict[str, Any]) -> None:
+    """The run config's process-wide settings, for training (``build``) and tuning (``lit_llm.tune``)
+    alike: ``matmul_precision`` (CUDA's float32 matmuls) and ``keep_freed_memory`` (``lit_llm.memory``)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(config["matmul_precision"])
+    if config["keep_freed_memory"]:
+        from lit_llm.memory import keep_freed_memory
+
+        keep_freed_memory()
+
+
 def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(trainer, module, datamodule) from a validated, resolved config."""
     import lightning.pytorch as pl
-    import torch
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelSummary, ProgressBar
 
@@ -212,13 +224,8 @@ def build(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     from lit_llm.run_checkpoints import AtomicCheckpointIO
 
     _quiet_unactionable_messages()
-    if config["keep_freed_memory"]:
-        from lit_llm.memory import keep_freed_memory
-
-        keep_freed_memory()
+    apply_process_settings(config)
     pl.seed_everything(config["seed"], workers=True, verbose=False)
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision(config["matmul_precision"])
     builder = _Builder()
     callbacks = builder.group(config.get("callbacks"), "callbacks")
     callbacks += [RunClock(STARTED), FreezeStartupObjects()]

@@ -45,7 +45,11 @@ from omegaconf import DictConfig
 from lit_llm import cli
 from lit_llm.config_schema import TuneConfig
 from lit_llm.config_validation import ConfigError, resolve, schema_problems, trainer_problem, validate_config
-from lit_llm.train import _refused_start, check_writable  # also registers the lit_llm.run_dir resolver
+from lit_llm.train import (  # also registers the lit_llm.run_dir resolver
+    _refused_start,
+    apply_process_settings,
+    check_writable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,6 @@ def split_config(cfg: DictConfig | dict[str, Any]) -> tuple[str, TuneConfig, dic
 def _fabric(config: dict[str, Any]) -> Any:
     """Lightning's ``Fabric`` on one device of the trainer group's accelerator, at its precision: the
     device and autocast that ``trainer.fit`` would use. A value Lightning refuses is a ConfigError."""
-    import torch
     from lightning.fabric import Fabric
 
     trainer = config["trainer"]
@@ -106,12 +109,7 @@ def _fabric(config: dict[str, Any]) -> Any:
         )
     except Exception as exc:  # ValueError, MisconfigurationException, ...: Lightning's own checks
         raise ConfigError([trainer_problem(exc, trainer)]) from None
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision(config["matmul_precision"])
-    if config["keep_freed_memory"]:  # as training does (lit_llm.train.build)
-        from lit_llm.memory import keep_freed_memory
-
-        keep_freed_memory()
+    apply_process_settings(config)
     return fabric
 
 
