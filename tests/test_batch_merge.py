@@ -84,6 +84,33 @@ def test_rank_of_any_pair_is_the_rank_of_its_bytes():
         PairTable(huge, {b"zz": 0})
 
 
+@settings(max_examples=40, deadline=None)
+@given(merges=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=150))
+def test_table_holds_exactly_every_split_into_two_tokens(merges):
+    """The table's pairs are every (left, right) of tokens whose bytes join into a merge result, on
+    vocabularies with NUL bytes, lengths on both sides of the 7 bytes packed into one integer, and
+    results past 20 bytes (halves looked up by dictionary). Brute force: every cut of every result."""
+    vocab = [bytes([b]) for b in range(256)]
+    ranks: dict[bytes, int] = {}
+    for a, b in merges:  # each half a NUL, "a", "b" or an earlier result: splits recur, lengths grow
+        pool = [b"\x00", b"a", b"b", *ranks]
+        result = pool[a % len(pool)][:15] + pool[b % len(pool)][:15]
+        if result not in ranks and len(result) > 1:
+            ranks[result] = len(ranks)
+            vocab.append(result)
+    encoder = {token: i for i, token in enumerate(vocab)}
+    table = PairTable(encoder, ranks)
+    expected = {
+        (encoder[t[:c]], encoder[t[c:]]): rank
+        for t, rank in ranks.items()
+        for c in range(1, len(t))
+        if t[:c] in encoder and t[c:] in encoder
+    }
+    held = table._held[table._held != -1]
+    got = dict(zip((held >> table._rank_bits).tolist(), (held & table._rank_mask).tolist(), strict=True))
+    assert got == {a * table._base + b: rank for (a, b), rank in expected.items()}
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     training=st.text(alphabet="abcab c", min_size=50, max_size=400),

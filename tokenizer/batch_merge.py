@@ -57,31 +57,15 @@ class PairTable:
         self._base = self.n + 1
         merged = np.zeros(n_ranks, dtype=np.int32)
         merged[list(ranks.values())] = list(map(encoder.__getitem__, ranks))
-        # Every split of every merge result into two tokens, one split position at a time: slicing
-        # and dictionary lookups by C-level map, NumPy to keep the splits whose halves are tokens.
-        by_length = sorted(ranks, key=len)
-        lengths = np.fromiter(map(len, by_length), dtype=np.int64, count=len(by_length))
-        all_ranks = np.fromiter(map(ranks.__getitem__, by_length), dtype=np.int64, count=len(by_length))
-        keys, key_ranks = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-        for cut in range(1, int(lengths.max(initial=1))):
-            first = int(np.searchsorted(lengths, cut + 1))  # the results longer than `cut`
-            tokens = by_length[first:]
-            halves = []
-            for side in (slice(None, cut), slice(cut, None)):  # -1: that half is no token
-                ids = map(encoder.get, map(itemgetter(side), tokens), repeat(-1))
-                halves.append(np.fromiter(ids, dtype=np.int64, count=len(tokens)))
-            left, right = halves
-            both = (left >= 0) & (right >= 0)
-            keys.append(left[both] * self._base + right[both])
-            key_ranks.append(all_ranks[first:][both])
+        keys, key_ranks = _merge_splits(encoder, ranks, self._base)
         self.merged = merged  # rank -> id of the token that merge makes
         self.byte_ids = np.array([encoder[bytes([b])] for b in range(256)], dtype=np.int32)
-        n_keys = sum(map(len, keys))
+        n_keys = len(keys)
         self._bits = max(4, (4 * n_keys).bit_length())
         self._rank_bits = max(1, n_ranks).bit_length()
         self._rank_mask = (1 << self._rank_bits) - 1
         self._held = np.full(1 << self._bits, _EMPTY, dtype=np.int64)  # key << _rank_bits | rank
-        self._insert(np.concatenate(keys), np.concatenate(key_ranks))
+        self._insert(keys, key_ranks)
 
     @staticmethod
     def fits(n_tokens: int, n_merges: int) -> bool:
@@ -123,6 +107,93 @@ class PairTable:
             going = ~found & (held != _EMPTY)
             todo, key, slot = todo[going], key[going], slot[going]
         return out.reshape(left.shape)
+
+
+# Byte strings of at most this many bytes are packed into one int64 by ``_edge_packs``.
+_PACKED_BYTES = 7
+
+
+def _edge_packs(tokens: list[bytes], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first and the last c bytes of each of ``tokens`` (``lengths`` theirs) as big-endian numbers,
+    for c = 0 .. ``_PACKED_BYTES``: (prefix, suffix), each (len(tokens), 8) int64; a column c beyond a
+    token's length holds nothing useful. With the length in the top byte, ``c << 56 | prefix[:, c]``
+    names a byte string of c <= 7 bytes exactly: an integer key that NumPy can sort and search."""
+    n = len(tokens)
+    prefix = np.zeros((n, _PACKED_BYTES + 1), dtype=np.int64)
+    suffix = np.zeros((n, _PACKED_BYTES + 1), dtype=np.int64)
+    if not n:
+        return prefix, suffix
+    data = np.frombuffer(b"".join(tokens), dtype=np.uint8).astype(np.int64)  # all tokens, end to end
+    starts = np.cumsum(lengths) - lengths
+    last = len(data) - 1
+    for c in range(1, _PACKED_BYTES + 1):
+        has = lengths >= c  # the others' indices below point into a neighbour: masked out
+        byte_c = np.where(has, data[np.minimum(starts + c - 1, last)], 0)  # the c-th byte
+        byte_c_from_end = np.where(has, data[np.maximum(starts + lengths - c, 0)], 0)
+        prefix[:, c] = (prefix[:, c - 1] << 8) | byte_c
+        suffix[:, c] = suffix[:, c - 1] | (byte_c_from_end << (8 * (c - 1)))
+    return prefix, suffix
+
+
+def _merge_splits(
+    encoder: dict[bytes, int], ranks: dict[bytes, int], base: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every split of every merge result into two tokens, as ``PairTable`` keys ``left * base + right``
+    and the result's rank (a result has one rank, so no key repeats).
+
+    A split of result t at ``cut`` needs the ids of t[:cut] and t[cut:], where they are tokens: for
+    GPT-2's merges 270K cuts, and as two dictionary lookups of fresh slices per cut that took ~90 ms of
+    the table's ~110, paid by every encoding worker that builds it. But most halves are short, and a
+    half of at most 7 bytes is one integer (``_edge_packs``): the halves of all results at one cut are
+    then one array, looked up with one ``searchsorted`` in the sorted keys of the tokens of 7 bytes or
+    less. The results come sorted by length, so at each cut the ones longer than ``cut`` are a tail of
+    the list, and those whose right half is longer than 7 bytes are a tail of that: only the halves of
+    over 7 bytes (a tenth) take the dictionary lookups.
+    """
+    by_length = sorted(ranks, key=len)
+    lengths = np.fromiter(map(len, by_length), dtype=np.int64, count=len(by_length))
+    result_ranks = np.fromiter(map(ranks.__getitem__, by_length), dtype=np.int64, count=len(by_length))
+    prefix, suffix = _edge_packs(by_length, lengths)
+    # The tokens of at most _PACKED_BYTES bytes, by packed key: key -> id with one searchsorted.
+    short = [token for token in encoder if len(token) <= _PACKED_BYTES]
+    short_lengths = np.fromiter(map(len, short), dtype=np.int64, count=len(short))
+    short_keys = (short_lengths << 56) | _edge_packs(short, short_lengths)[0][
+        np.arange(len(short)), short_lengths
+    ]
+    order = np.argsort(short_keys)
+    sorted_keys = short_keys[order]
+    sorted_ids = np.fromiter(map(encoder.__getitem__, short), dtype=np.int64, count=len(short))[order]
+
+    def short_ids(keys: np.ndarray) -> np.ndarray:  # the token id of each packed key, -1: no token
+        if not len(sorted_keys):
+            return np.full(len(keys), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        return np.where(sorted_keys[at] == keys, sorted_ids[at], -1)
+
+    def long_ids(halves) -> np.ndarray:  # the same by dictionary, for halves of any length
+        return np.fromiter(map(encoder.get, halves, repeat(-1)), dtype=np.int64)
+
+    keys, key_ranks = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for cut in range(1, int(lengths.max(initial=1))):
+        first = int(np.searchsorted(lengths, cut + 1))  # the results longer than `cut`
+        if cut <= _PACKED_BYTES:
+            left = short_ids((cut << 56) | prefix[first:, cut])
+        else:
+            left = long_ids(map(itemgetter(slice(None, cut)), by_length[first:]))
+        rows = first + np.flatnonzero(left >= 0)  # only these can split into two tokens
+        split = int(np.searchsorted(rows, np.searchsorted(lengths, cut + _PACKED_BYTES + 1)))
+        short_rows, long_rows = rows[:split], rows[split:]  # right half of <= 7 bytes, of more
+        right_lengths = lengths[short_rows] - cut
+        right = np.concatenate(
+            [
+                short_ids((right_lengths << 56) | suffix[short_rows, right_lengths]),
+                long_ids(map(itemgetter(slice(cut, None)), map(by_length.__getitem__, long_rows.tolist()))),
+            ]
+        )
+        found = right >= 0
+        keys.append(left[rows[found] - first] * base + right[found])
+        key_ranks.append(result_ranks[rows[found]])
+    return np.concatenate(keys), np.concatenate(key_ranks)
 
 
 def merge_pieces(table: PairTable, pieces: list[bytes], dtype: np.dtype) -> list[bytes]:
