@@ -165,8 +165,7 @@ def _merge_splits(
     sorted_ids = np.fromiter(map(encoder.__getitem__, short), dtype=np.int64, count=len(short))[order]
 
     def short_ids(keys: np.ndarray) -> np.ndarray:  # the token id of each packed key, -1: no token
-        if not len(sorted_keys):
-            return np.full(len(keys), -1, dtype=np.int64)
+        # (never empty: the 256 one-byte tokens are short, and PairTable requires them)
         at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
         return np.where(sorted_keys[at] == keys, sorted_ids[at], -1)
 

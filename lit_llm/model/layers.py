@@ -329,9 +329,9 @@ class _SiLUGate(torch.autograd.Function):
     Backward: db = dy * (a s);  da = dy * b * s (1 + a (1 - s)) = dy * b * (s + a s (1 - s)).
     Keeping s and a s from the forward, the two gradients take four elementwise passes: the factor
     s + a s (1 - s) is ``lerp(s, 1, a s)`` (start + weight * (end - start)), one pass where add and
-    addcmul took two (forward + backward, ablation_base's 12x64x344 gate: 325-336 -> 293-304 us; the
-    base shape's 8x256x1344: 7.0 -> 6.1 ms). ``silu`` then a separate multiply would recompute the
-    product in the multiply's backward and keep one more tensor.
+    addcmul took two (forward + backward of a 12x64x344 gate, near ablation_base's 12x64x384: 325-336
+    -> 293-304 us; the base shape's 8x256x1344: 7.0 -> 6.1 ms). ``silu`` then a separate multiply
+    would recompute the product in the multiply's backward and keep one more tensor.
     """
 
     @staticmethod
