@@ -139,7 +139,7 @@ def test_ids_equal_tiktoken_on_long_tailed_text(long_tailed_text):
     assert "_pair_table" in tok.__dict__
     assert ids == tiktoken_gpt2().encode(long_tailed_text, allowed_special="all")
     # No placeholder is left empty: every entry is the packed ids of its pre-token.
-    assert all(isinstance(ids, bytes | bytearray) and ids for ids in tok._cache.values())
+    assert all(type(ids) is bytearray and ids for ids in tok._cache.values())
     some = list(tok._cache.items())[::97]
     assert [np.frombuffer(ids, tok.id_dtype).tolist() for _, ids in some] == [tok.encode(p) for p, _ in some]
 

@@ -67,8 +67,8 @@ AllowedSpecial = Literal["all", "none", "none_raise"] | Set[str]
 
 
 class _PieceCache(dict):
-    """Pre-token -> its token ids (the bytes of an ``id_dtype`` array), looked up a batch at a time
-    by ``Tokenizer._emit`` with ``map(cache.__getitem__, pieces)``: a hit costs no Python call.
+    """Pre-token -> its token ids (a bytearray of an ``id_dtype`` array's bytes), looked up a batch at
+    a time by ``Tokenizer._emit`` with ``map(cache.__getitem__, pieces)``: a hit costs no Python call.
 
     A miss calls ``__missing__`` (from C). A pre-token of the previous generation is moved back; any
     other gets a placeholder, an empty ``bytearray``, put in the cache (so its later occurrences in
@@ -92,11 +92,11 @@ class _PieceCache(dict):
     def __init__(self, max_entries: int) -> None:
         super().__init__()
         self.generation = max(1, max_entries // 2)  # entries per generation; two at most
-        self.previous: dict[str, bytes | bytearray] = {}
+        self.previous: dict[str, bytearray] = {}
         self.pending: list[str] = []  # the misses of the batch being looked up, which have placeholders
         self.placeholders: list[bytearray] = []  # theirs, in the same order
 
-    def __missing__(self, piece: str) -> bytes | bytearray:
+    def __missing__(self, piece: str) -> bytearray:
         ids = self.previous.get(piece)
         if ids is None:
             ids = bytearray()
@@ -384,7 +384,7 @@ class Tokenizer:
         """Text -> the packed id of every ordinary token whose bytes are UTF-8: a pre-token (a ``str``,
         hash already known from the cache lookup) is a token exactly when it is here, since no text
         encodes to bytes that are not UTF-8. Cheaper than encoding every miss to look it up by bytes.
-        The cache entries made from here share these bytes objects."""
+        A miss found here is copied into its placeholder, like a merged one."""
         texts, ids = [], []
         for token, i in self._encoder.items():
             try:
