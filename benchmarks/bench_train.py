@@ -31,6 +31,11 @@ checkpoint, and reading the loss every ``log_every_n_steps`` steps. Shapes:
 ``--compile`` compiles all four (``torch.compile`` on both models and their training losses,
 ``compile=true`` for ours, which compiles its AdamW update too). ``--eager-vs-compiled`` times, instead,
 our two runners eager and compiled, four runs taking turns, and prints compiled over eager.
+``--split-framework`` times, instead, where ``lit_llm.train``'s gap to our bare loop lies: our bare loop,
+``lit_llm.train``, and ``lit_llm.train`` with every configured callback dropped but the checkpoints
+(``callbacks.<name>=null``: no progress bar, throughput, health, guards, histograms, summaries), three
+runs taking turns, each over our bare loop. Where the last two are alike, our callbacks are not the
+cost; the rest is Lightning's loop and logger around the same model, loss and optimizer.
 ``--precision bf16-mixed`` runs all four with bfloat16 matmuls: ``trainer.precision=bf16-mixed`` for ours,
 ``torch.autocast("cpu", torch.bfloat16)`` around the plain loops' forward (the loss in float32); on CPUs
 with bf16 instructions (AVX512-BF16, AMX) its matmuls run several times faster than float32's.
@@ -43,9 +48,9 @@ run theirs, so that all meet the same drifts of this shared machine's speed (per
 one run ranged over 46-85 ms a step within 15 s); run one after another, whole runs of the same loop
 differed by 15-19.6K tokens/s.
 
-    python -m benchmarks.bench_train [--shape small|base|quickstart] [--compile | --eager-vs-compiled]
-        [--precision 32-true|bf16-mixed] [--steps N] [--warmup N] [--block N] [--rounds 3] [--threads N]
-        [--skip-quickstart]
+    python -m benchmarks.bench_train [--shape small|base|quickstart]
+        [--compile | --eager-vs-compiled | --split-framework] [--precision 32-true|bf16-mixed]
+        [--steps N] [--warmup N] [--block N] [--rounds 3] [--threads N] [--skip-quickstart]
 """
 
 from __future__ import annotations
@@ -333,6 +338,8 @@ def quickstart_wall_time() -> tuple[float, str, float]:
 
 RUNNERS = ("plain built-in loop", "our model, bare loop", "lit_llm.train", "plain loop, freed memory kept")
 COMPILED = ", compiled"  # a runner's name with this suffix: that runner with torch.compile
+CHECKPOINTS_ONLY = "lit_llm.train, checkpoints only"
+SPLIT_FRAMEWORK = ("our model, bare loop", "lit_llm.train", CHECKPOINTS_ONLY)
 EAGER_VS_COMPILED = (
     "our model, bare loop",
     "our model, bare loop" + COMPILED,
@@ -344,7 +351,13 @@ EAGER_VS_COMPILED = (
 def run(
     name: str, config: dict, warmup: int, run_dir: Path, compile_: bool, turns: Turns | None = None
 ) -> tuple[float, float]:
-    """(wall, CPU) seconds of runner ``name`` (one of ``RUNNERS``) over the timed span, in this process."""
+    """(wall, CPU) seconds of runner ``name`` (one of ``RUNNERS``, or ``CHECKPOINTS_ONLY``) over the timed
+    span, in this process."""
+    if name == CHECKPOINTS_ONLY:
+        config["callbacks"] = {
+            key: node if key == "model_checkpoint" else None for key, node in config["callbacks"].items()
+        }
+        name = "lit_llm.train"
     if name == "lit_llm.train":
         return lightning_run(config, warmup, run_dir, turns)
     if name == "plain loop, freed memory kept":  # what lit_llm.train's keep_freed_memory gives a plain loop
@@ -434,6 +447,9 @@ def main() -> None:
     parser.add_argument(
         "--eager-vs-compiled", action="store_true", help="our runners eager and compiled, compiled / eager"
     )
+    parser.add_argument(
+        "--split-framework", action="store_true", help="lit_llm.train with and without our callbacks"
+    )
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: 300 small, 60 base)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: steps / 6)")
@@ -443,7 +459,9 @@ def main() -> None:
         "--skip-quickstart", action="store_true", help="--shape quickstart: skip the from-nothing run"
     )
     # One run in this process (what each round starts, in a fresh interpreter per run).
-    parser.add_argument("--run", choices=sorted({*RUNNERS, *EAGER_VS_COMPILED}), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--run", choices=sorted({*RUNNERS, *EAGER_VS_COMPILED, CHECKPOINTS_ONLY}), help=argparse.SUPPRESS
+    )
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--turn-fds", help=argparse.SUPPRESS)  # "stops,go": the pipes of Turns
@@ -453,6 +471,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.compile and args.eager_vs_compiled:
         parser.error("--compile and --eager-vs-compiled: choose one (the latter runs both)")
+    if args.split_framework and args.eager_vs_compiled:
+        parser.error("--split-framework and --eager-vs-compiled: choose one")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.steps = steps = args.steps or {"small": 300, "base": 60, "quickstart": 90}[args.shape]
@@ -479,7 +499,8 @@ def main() -> None:
         tokens = (steps - warmup) * data["batch_size"] * model["context_length"]
         print(
             f"--shape {args.shape}{' --compile' * args.compile}"
-            f"{' --eager-vs-compiled' * args.eager_vs_compiled} --precision {args.precision}: "
+            f"{' --eager-vs-compiled' * args.eager_vs_compiled}{' --split-framework' * args.split_framework}"
+            f" --precision {args.precision}: "
             f"d_model {model['d_model']}, "
             f"{model['num_layers']} layers, context {model['context_length']}, vocab {model['vocab_size']}; "
             f"batch {data['batch_size']}; {steps} steps, timed from step {warmup} ({tokens} tokens); "
@@ -489,7 +510,13 @@ def main() -> None:
         from hydra.utils import instantiate
 
         instantiate(config["data"], _convert_="all").prepare_data()
-        runners = EAGER_VS_COMPILED if args.eager_vs_compiled else RUNNERS
+        runners = (
+            EAGER_VS_COMPILED
+            if args.eager_vs_compiled
+            else SPLIT_FRAMEWORK
+            if args.split_framework
+            else RUNNERS
+        )
         results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runners}
         for round_ in range(args.rounds):
             measured = run_round(args, Path(tmp), round_, runners)
@@ -505,9 +532,9 @@ def main() -> None:
         if args.eager_vs_compiled:
             print(f"{unit}, medians of {args.rounds} rounds; ratio compiled / eager (per round):")
         else:
-            print(f"{unit}, medians of {args.rounds} rounds; ratio to the plain built-in loop (per round):")
+            print(f"{unit}, medians of {args.rounds} rounds; ratio to {runners[0]!r} (per round):")
         for name, figures in results.items():
-            reference = results[name.removesuffix(COMPILED) if args.eager_vs_compiled else RUNNERS[0]]
+            reference = results[name.removesuffix(COMPILED) if args.eager_vs_compiled else runners[0]]
             ratios = [o / r for r, o in zip(reference[clock], figures[clock], strict=True)]
             median = statistics.median(figures[clock])
             print(
