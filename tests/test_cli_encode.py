@@ -50,7 +50,8 @@ def test_module_entry_point_with_workers(tmp_path, fixture_file):
     cmd += ["--output", tmp_path / "s.npy", "--workers", "2", "--chunk-mb", "0.001"]
     done = subprocess.run([str(c) for c in cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "MB/s" in done.stderr  # the progress bar
+    # The progress bar was drawn; not its speed's unit, which depends on the machine (a slow one: kB/s).
+    assert f"encoding {src.name}" in done.stderr
     assert np.load(tmp_path / "s.npy").tolist() == ours_gpt2().encode(src.read_text(encoding="utf-8"))
 
 
