@@ -32,9 +32,9 @@ checkpoint, and reading the loss every ``log_every_n_steps`` steps. Shapes:
 ``compile=true`` for ours, which compiles its AdamW update too). ``--eager-vs-compiled`` times, instead,
 our two runners eager and compiled, four runs taking turns, and prints compiled over eager.
 ``--split-framework`` times, instead, where ``lit_llm.train``'s gap to our bare loop lies: our bare loop,
-``lit_llm.train``, and ``lit_llm.train`` with every configured callback dropped but the checkpoints
-(``callbacks.<name>=null``: no progress bar, throughput, health, guards, histograms, summaries), three
-runs taking turns, each over our bare loop. Where the last two are alike, our callbacks are not the
+``lit_llm.train``, and ``lit_llm.train`` with every callback of configs/callbacks/default.yaml set to
+null but ``model_checkpoint`` (``build`` still adds its two, ``RunClock`` and ``FreezeStartupObjects``),
+three runs taking turns, each over our bare loop. Where the last two are alike, our callbacks are not the
 cost; the rest is Lightning's loop and logger around the same model, loss and optimizer.
 ``--precision bf16-mixed`` runs all four with bfloat16 matmuls: ``trainer.precision=bf16-mixed`` for ours,
 ``torch.autocast("cpu", torch.bfloat16)`` around the plain loops' forward (the loss in float32); on CPUs
