@@ -1,8 +1,10 @@
 """Training-step throughput of our from-scratch TransformerLM + AdamW against a PyTorch-built-ins twin.
 
 One step = forward, cross-entropy, backward, optimizer step, float32, on whatever device torch picks
-(CPU here, with torch's default thread count). Configuration: the TinyStories base model (vocab 10000,
-context 256, d_model 512, 4 layers, 16 heads, d_ff 1344, RoPE theta 10000), batch 8.
+(CPU here, with torch's default thread count). Configuration (``--shape``): ``base``, the TinyStories
+base model (vocab 10000, context 256, d_model 512, 4 layers, 16 heads, d_ff 1344, RoPE theta 10000),
+batch 8; ``small``, the ``ablation_base`` model (vocab 256, context 64, d_model 128, 4 layers, 4 heads,
+d_ff 384), batch 12, where the attention and per-op costs weigh most in a step.
 
 The reference has the same shapes and the same maths, written with ``nn.Embedding``, ``nn.Linear``,
 ``F.rms_norm``, ``F.silu``, ``F.scaled_dot_product_attention``, ``F.cross_entropy`` and
@@ -11,7 +13,7 @@ round) so a change in machine load hits all of them alike; tokens/s comes from t
 (the best step is printed beside it: on a shared machine it is the least disturbed figure).
 MFU = tokens/s x training FLOPs per token (lit_llm.flops) / a float32 matmul peak measured in this run.
 
-    python -m benchmarks.bench_model [--rounds 8] [--warmup 2] [--batch-size 8]
+    python -m benchmarks.bench_model [--shape base|small] [--rounds 8] [--warmup 2] [--batch-size N]
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from lit_llm.optim import AdamW
 BASE = dict(
     vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344, rope_theta=1e4
 )
+# configs/experiment/ablation_base.yaml's model (its d_ff: the SwiGLU default for d_model 128)
+SMALL = dict(
+    vocab_size=256, context_length=64, d_model=128, num_layers=4, num_heads=4, d_ff=384, rope_theta=1e4
+)
+SHAPES = {"base": (BASE, 8), "small": (SMALL, 12)}  # config, default batch size
 
 
 class _RefRoPE(nn.Module):
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8, help="timed steps per model (interleaved)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="base")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8 (base), 12 (small)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -149,19 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
     )
-    print(f"config {BASE}, batch {args.batch_size}, float32")
+    shape, default_batch = SHAPES[args.shape]
+    args.batch_size = args.batch_size or default_batch
+    print(f"--shape {args.shape}: config {shape}, batch {args.batch_size}, float32")
     torch.manual_seed(0)
-    cfg = ModelConfig(**BASE)
+    cfg = ModelConfig(**shape)
     x = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.context_length))
     y = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.context_length))
     lr, wd = 1e-3, 0.1
 
     steps = {}
     for impl in ("naive", "sdpa"):
-        ours = TransformerLM.from_config(ModelConfig(**BASE, attn_impl=impl))
+        ours = TransformerLM.from_config(ModelConfig(**shape, attn_impl=impl))
         opt = AdamW(ours.parameters(), lr=lr, weight_decay=wd)
         steps[f"ours ({impl})"] = make_step(ours, opt, cross_entropy, x, y)
-    ref = ReferenceLM(**BASE)
+    ref = ReferenceLM(**shape)
     print(f"max |logits ours - reference| with shared weights: {check_same_function(ours, ref, x[:2]):.1e}")
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=lr, weight_decay=wd, fused=True)
 
