@@ -30,15 +30,21 @@ from torch import Tensor, nn
 from benchmarks.timing import interleaved_times
 from lit_llm.flops import estimate_flops_per_token
 from lit_llm.losses import cross_entropy
-from lit_llm.model import ModelConfig, TransformerLM
+from lit_llm.model import ModelConfig, TransformerLM, default_d_ff
 from lit_llm.optim import AdamW
 
 BASE = dict(
     vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344, rope_theta=1e4
 )
-# configs/experiment/ablation_base.yaml's model (its d_ff: the SwiGLU default for d_model 128)
+# configs/experiment/ablation_base.yaml's model, with its default (SwiGLU) feed-forward width
 SMALL = dict(
-    vocab_size=256, context_length=64, d_model=128, num_layers=4, num_heads=4, d_ff=384, rope_theta=1e4
+    vocab_size=256,
+    context_length=64,
+    d_model=128,
+    num_layers=4,
+    num_heads=4,
+    rope_theta=1e4,
+    d_ff=default_d_ff(128, "swiglu"),
 )
 SHAPES = {"base": (BASE, 8), "small": (SMALL, 12)}  # config, default batch size
 

@@ -31,11 +31,13 @@ checkpoint, and reading the loss every ``log_every_n_steps`` steps. Shapes:
 ``--compile`` compiles all four (``torch.compile`` on both models and their training losses,
 ``compile=true`` for ours, which compiles its AdamW update too). ``--eager-vs-compiled`` times, instead,
 our two runners eager and compiled, four runs taking turns, and prints compiled over eager.
-``--split-framework`` times, instead, where ``lit_llm.train``'s gap to our bare loop lies: our bare loop,
-``lit_llm.train``, and ``lit_llm.train`` with every callback of configs/callbacks/default.yaml set to
-null but ``model_checkpoint`` (``build`` still adds its two, ``RunClock`` and ``FreezeStartupObjects``),
-three runs taking turns, each over our bare loop. Where the last two are alike, our callbacks are not the
-cost; the rest is Lightning's loop and logger around the same model, loss and optimizer.
+``--split-framework`` times, instead, where ``lit_llm.train``'s gap to our bare loop lies, four runs
+taking turns, each over the first: our bare loop with freed memory kept (as ``lit_llm.train`` keeps it);
+``lit_llm.train``; "checkpoints only", with every callback of configs/callbacks/default.yaml set to null
+but ``model_checkpoint`` and Lightning's own progress bar and model summary off (``build`` still adds
+``RunClock`` and ``FreezeStartupObjects``); and "no logger", that without the TensorBoard logger too:
+Lightning's loop alone around the same model, loss and optimizer. The steps between neighbours are what
+our callbacks, then the logger, then Lightning's loop cost.
 ``--precision bf16-mixed`` runs all four with bfloat16 matmuls: ``trainer.precision=bf16-mixed`` for ours,
 ``torch.autocast("cpu", torch.bfloat16)`` around the plain loops' forward (the loss in float32); on CPUs
 with bf16 instructions (AVX512-BF16, AMX) its matmuls run several times faster than float32's.
@@ -202,7 +204,9 @@ def lightning_run(
     for node in config["callbacks"].values():
         if node and "dirpath" in node:
             node["dirpath"] = str(run_dir / "checkpoints")
-    config["logger"]["tensorboard"]["save_dir"] = str(run_dir)
+    for node in config["logger"].values():
+        if node and "save_dir" in node:
+            node["save_dir"] = str(run_dir)
     trainer, module, datamodule = build(config)
     turns = turns or Turns(warmup)
     trainer.callbacks.insert(0, _TurnsCallback(turns))
@@ -338,8 +342,10 @@ def quickstart_wall_time() -> tuple[float, str, float]:
 
 RUNNERS = ("plain built-in loop", "our model, bare loop", "lit_llm.train", "plain loop, freed memory kept")
 COMPILED = ", compiled"  # a runner's name with this suffix: that runner with torch.compile
+BARE_KEPT = "our model, bare loop, freed memory kept"
 CHECKPOINTS_ONLY = "lit_llm.train, checkpoints only"
-SPLIT_FRAMEWORK = ("our model, bare loop", "lit_llm.train", CHECKPOINTS_ONLY)
+NO_LOGGER = "lit_llm.train, no logger"
+SPLIT_FRAMEWORK = (BARE_KEPT, "lit_llm.train", CHECKPOINTS_ONLY, NO_LOGGER)
 EAGER_VS_COMPILED = (
     "our model, bare loop",
     "our model, bare loop" + COMPILED,
@@ -351,18 +357,22 @@ EAGER_VS_COMPILED = (
 def run(
     name: str, config: dict, warmup: int, run_dir: Path, compile_: bool, turns: Turns | None = None
 ) -> tuple[float, float]:
-    """(wall, CPU) seconds of runner ``name`` (one of ``RUNNERS``, or ``CHECKPOINTS_ONLY``) over the timed
-    span, in this process."""
-    if name == CHECKPOINTS_ONLY:
+    """(wall, CPU) seconds of runner ``name`` (one of ``RUNNERS``, ``EAGER_VS_COMPILED`` without the
+    suffix, or ``SPLIT_FRAMEWORK``) over the timed span, in this process."""
+    if name in (CHECKPOINTS_ONLY, NO_LOGGER):
         config["callbacks"] = {
             key: node if key == "model_checkpoint" else None for key, node in config["callbacks"].items()
         }
+        # Without these switches Lightning would put in its own progress bar and model summary.
+        config["trainer"].update(enable_progress_bar=False, enable_model_summary=False)
+        if name == NO_LOGGER:
+            config["logger"] = {key: None for key in config["logger"]}
         name = "lit_llm.train"
     if name == "lit_llm.train":
         return lightning_run(config, warmup, run_dir, turns)
-    if name == "plain loop, freed memory kept":  # what lit_llm.train's keep_freed_memory gives a plain loop
+    if name in ("plain loop, freed memory kept", BARE_KEPT):  # what lit_llm.train's keep_freed_memory gives
         keep_freed_memory()
-    builtin = name != "our model, bare loop"
+    builtin = name not in ("our model, bare loop", BARE_KEPT)
     return plain_run(config, warmup, run_dir, builtin=builtin, compile_=compile_, turns=turns)
 
 
@@ -448,7 +458,7 @@ def main() -> None:
         "--eager-vs-compiled", action="store_true", help="our runners eager and compiled, compiled / eager"
     )
     parser.add_argument(
-        "--split-framework", action="store_true", help="lit_llm.train with and without our callbacks"
+        "--split-framework", action="store_true", help="lit_llm.train without our callbacks, then the logger"
     )
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: 300 small, 60 base)")
@@ -460,7 +470,7 @@ def main() -> None:
     )
     # One run in this process (what each round starts, in a fresh interpreter per run).
     parser.add_argument(
-        "--run", choices=sorted({*RUNNERS, *EAGER_VS_COMPILED, CHECKPOINTS_ONLY}), help=argparse.SUPPRESS
+        "--run", choices=sorted({*RUNNERS, *EAGER_VS_COMPILED, *SPLIT_FRAMEWORK}), help=argparse.SUPPRESS
     )
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
@@ -518,6 +528,7 @@ def main() -> None:
             else RUNNERS
         )
         results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runners}
+        width = max(map(len, runners))
         for round_ in range(args.rounds):
             measured = run_round(args, Path(tmp), round_, runners)
             for name in runners:
@@ -525,7 +536,7 @@ def main() -> None:
                 results[name]["wall"].append(tokens / wall)
                 results[name]["cpu"].append(tokens / cpu)
                 print(
-                    f"  round {round_ + 1}: {name:<31} {tokens / wall:9.0f} tokens/s (wall), "
+                    f"  round {round_ + 1}: {name:<{width}} {tokens / wall:9.0f} tokens/s (wall), "
                     f"{(steps - warmup) / wall:6.1f} it/s, {tokens / cpu:9.0f} tokens per CPU-second"
                 )
     for clock, unit in (("wall", "tokens/s (wall clock)"), ("cpu", "tokens per CPU-second")):
@@ -536,9 +547,9 @@ def main() -> None:
         for name, figures in results.items():
             reference = results[name.removesuffix(COMPILED) if args.eager_vs_compiled else runners[0]]
             ratios = [o / r for r, o in zip(reference[clock], figures[clock], strict=True)]
-            median = statistics.median(figures[clock])
+            median, reference_median = statistics.median(figures[clock]), statistics.median(reference[clock])
             print(
-                f"  {name:<31} {median:9.0f}  ratio {median / statistics.median(reference[clock]):.3f}  ("
+                f"  {name:<{width}} {median:9.0f}  ratio {median / reference_median:.3f}  ("
                 + ", ".join(f"{r:.3f}" for r in ratios)
                 + ")"
             )
